@@ -1,0 +1,39 @@
+"""Stage export_fx: torch.export of one component at the config's image size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages import make_model
+from stages.task import WEBSD_DIR, stage_task
+from websd.atomic import atomic_path
+from websd.config import Config
+from websd.paths import Layout
+
+
+def export_fx(model_json: Path, component: str, height: int, width: int, out_path: Path) -> None:
+    import torch
+
+    from websd.components import example_inputs, load_component
+
+    module = load_component(component, make_model.model_dir(model_json))
+    inputs = example_inputs(component, module, height, width)
+    print(f"export_fx: {component} with inputs {[tuple(x.shape) for x in inputs]}")
+    with torch.no_grad():
+        program = torch.export.export(module, inputs)
+    with atomic_path(out_path) as tmp:
+        torch.export.save(program, tmp)
+
+
+def tasks(config: Config, layout: Layout):
+    for component in config.components:
+        yield stage_task(
+            name=component,
+            doc="torch.export of each component",
+            action=(export_fx, [layout.model, component, config.height, config.width, layout.exported(component)]),
+            file_dep=[layout.model],
+            targets=[layout.exported(component)],
+            options={"stage": config.stage("export_fx"), "image": config.raw["image"], "dtype": config.raw["dtype"]},
+            tools=("torch", "diffusers", "transformers"),
+            sources=(__file__, WEBSD_DIR / "components.py"),
+        )

@@ -1,0 +1,48 @@
+"""Stage legalize: Relax operators lowered to TensorIR and fused, independent of the target.
+
+The passes, in order (TVM's own generic legalization, before any schedule is chosen):
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.task import stage_task
+from websd import relax_io
+from websd.config import Config
+from websd.paths import Layout
+
+
+def passes() -> list:
+    from tvm import relax
+
+    return [
+        relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
+        relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),  # group by pattern, e.g. conv + bias + activation
+        relax.transform.FuseTIR(),  # each group becomes one PrimFunc: one kernel
+    ]
+
+
+def legalize(module_in: Path, module_out: Path) -> None:
+    import tvm
+
+    mod = tvm.transform.Sequential(passes())(relax_io.load_module(module_in))
+    kernels = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
+    print(f"legalize: {module_in.parent.name}: {kernels} fused kernels")
+    relax_io.save_module(mod, module_out)
+
+
+def tasks(config: Config, layout: Layout):
+    for component in config.components:
+        yield stage_task(
+            name=component,
+            doc="LegalizeOps + fusion of each component",
+            action=(legalize, [layout.imported(component), layout.legalized(component)]),
+            file_dep=[layout.imported(component)],
+            targets=[layout.legalized(component)],
+            options=config.stage("legalize"),
+            tools=("apache-tvm", "apache-tvm-ffi"),
+            sources=(__file__,),
+        )

@@ -1,0 +1,86 @@
+"""The three compiled components, as the PyTorch modules that get exported.
+
+Each wraps a diffusers/transformers model with exactly the inputs and outputs the
+runners feed it, so the exported graph is the whole of what runs on the device:
+
+    text_encoder  ids [1, 77] int32                      -> embeddings [1, 77, D]
+    unet          latents [2, 4, h, w], t [1] float32,
+                  embeddings [2, 77, D] (uncond, cond)   -> noise prediction [2, 4, h, w]
+    vae_decoder   latents [1, 4, h, w]                   -> image [1, 3, H, W] in [0, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
+from transformers import CLIPTextModel
+
+from .tokenizer import MAX_LENGTH
+
+LATENT_CHANNELS = 4
+VAE_SCALE = 8  # pixels per latent, for every SD 1.x VAE
+
+
+class TextEncoder(torch.nn.Module):
+    def __init__(self, model: CLIPTextModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, return_dict=False)[0]  # last hidden state, as SD 1.x uses
+
+
+class UNet(torch.nn.Module):
+    def __init__(self, model: UNet2DConditionModel):
+        super().__init__()
+        # The classic attention processor: torch's fused attention imports as a "safe
+        # softmax" with an int8 intermediate that WebGPU rejects.
+        model.set_attn_processor(AttnProcessor())
+        self.model = model
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        # A float timestep is what the UNet casts the scheduler's integer to anyway (WGSL has no i64).
+        return self.model(latents, timestep, encoder_hidden_states=embeddings, return_dict=False)[0]
+
+
+class VaeDecoder(torch.nn.Module):
+    """Undoes the latent scaling and maps the decoded image from [-1, 1] to [0, 1], as the pipeline does."""
+
+    def __init__(self, model: AutoencoderKL):
+        super().__init__()
+        model.set_attn_processor(AttnProcessor())
+        self.model = model
+        self.scaling_factor = model.config.scaling_factor
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        image = self.model.decode(latents / self.scaling_factor, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1)
+
+
+def load_component(name: str, model_dir: Path) -> torch.nn.Module:
+    """The wrapped module for one component of a diffusers pipeline folder, in eval mode."""
+    if name == "text_encoder":
+        module = TextEncoder(CLIPTextModel.from_pretrained(model_dir / "text_encoder"))
+    elif name == "unet":
+        module = UNet(UNet2DConditionModel.from_pretrained(model_dir / "unet"))
+    elif name == "vae_decoder":
+        module = VaeDecoder(AutoencoderKL.from_pretrained(model_dir / "vae"))
+    else:
+        raise ValueError(f"unknown component {name!r}")
+    return module.eval().requires_grad_(False)
+
+
+def example_inputs(name: str, module: torch.nn.Module, height: int, width: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of the shapes the component is compiled for (the values do not matter)."""
+    latent = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+    if name == "text_encoder":
+        return (torch.zeros(1, MAX_LENGTH, dtype=torch.int32),)
+    if name == "unet":
+        dim = module.model.config.cross_attention_dim
+        return (torch.randn(2, *latent), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, dim))
+    if name == "vae_decoder":
+        return (torch.randn(1, *latent),)
+    raise ValueError(f"unknown component {name!r}")

@@ -1,0 +1,78 @@
+"""Where every stage reads and writes: the one place that knows the build tree's layout.
+
+    build/<config>/model.json                         make_model
+    build/<config>/<component>/exported.pt2           export_fx
+    build/<config>/<component>/imported.json, .npz    import_relax
+    build/<config>/<component>/legalized.json         legalize
+    build/<config>/<component>/<target>/scheduled.json    apply_db
+    build/<config>/<component>/<target>/planned.json      memory_plan (+ memory.json)
+    build/<config>/<target>/<component>.so|.wasm      build
+    build/<config>/params/<component>/tensor-cache.json   shard_params
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+DIST = ROOT / "dist"
+
+
+def library_suffix(target: str) -> str:
+    return ".wasm" if target == "webgpu" else ".so"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The build tree of one config."""
+
+    config_name: str
+
+    @property
+    def root(self) -> Path:
+        return BUILD / self.config_name
+
+    @property
+    def doit_db(self) -> Path:
+        return self.root / "doit.db"
+
+    @property
+    def model(self) -> Path:
+        """JSON naming the diffusers pipeline folder the stages read weights from."""
+        return self.root / "model.json"
+
+    @property
+    def random_model_dir(self) -> Path:
+        return self.root / "model"
+
+    def component_dir(self, component: str) -> Path:
+        return self.root / component
+
+    def exported(self, component: str) -> Path:
+        return self.component_dir(component) / "exported.pt2"
+
+    def imported(self, component: str) -> Path:
+        return self.component_dir(component) / "imported.json"
+
+    def params(self, component: str) -> Path:
+        return self.component_dir(component) / "params.npz"
+
+    def legalized(self, component: str) -> Path:
+        return self.component_dir(component) / "legalized.json"
+
+    def scheduled(self, component: str, target: str) -> Path:
+        return self.component_dir(component) / target / "scheduled.json"
+
+    def planned(self, component: str, target: str) -> Path:
+        return self.component_dir(component) / target / "planned.json"
+
+    def memory_report(self, component: str, target: str) -> Path:
+        return self.component_dir(component) / target / "memory.json"
+
+    def library(self, component: str, target: str) -> Path:
+        return self.root / target / f"{component}{library_suffix(target)}"
+
+    def tensor_cache(self, component: str) -> Path:
+        return self.root / "params" / component

@@ -1,0 +1,45 @@
+"""Built components, loaded natively (llvm on the CPU, cuda on an NVIDIA GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+NATIVE_TARGETS = ("llvm", "cuda")
+
+
+class NotBuiltError(FileNotFoundError):
+    """A library or tensor cache the runner needs has not been built."""
+
+
+def device(target: str):
+    import tvm
+
+    if target not in NATIVE_TARGETS:
+        raise ValueError(f"target {target!r} does not run natively (native targets: {', '.join(NATIVE_TARGETS)})")
+    return tvm.cpu() if target == "llvm" else tvm.cuda()
+
+
+class Component:
+    """One compiled component with its weights on the device; call it with numpy arrays."""
+
+    def __init__(self, name: str, library: Path, tensor_cache: Path, target: str):
+        import tvm
+        from tvm import relax
+        from tvm.contrib import tvmjs
+
+        for path in (library, tensor_cache / "tensor-cache.json"):
+            if not path.exists():
+                raise NotBuiltError(path)
+        self.device = device(target)
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        weights, _ = tvmjs.load_tensor_cache(str(tensor_cache), self.device)
+        self.weights = [weights[f"{name}_{i}"] for i in range(len(weights))]
+
+    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+        import tvm
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
+        out = self.vm["main"](*args, *self.weights)
+        return out[0].numpy()  # every component returns a 1-tuple

@@ -1,0 +1,75 @@
+"""Link a webgpu-compiled Relax executable into a model .wasm that tvmjs loads in the browser."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tvm.contrib.tvmjs import create_tvmjs_wasm
+
+from websd.atomic import atomic_path
+
+# The runtime bitcode create_tvmjs_wasm links into every model, by the names it looks for.
+RUNTIME_BITCODE = ("wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc")
+
+
+def _modules(mod) -> Iterator:
+    yield mod
+    for imported in mod.imports:
+        yield from _modules(imported)
+
+
+def webgpu_source(executable) -> str:
+    """All WGSL of the executable; raises if no kernel went to the GPU."""
+    webgpu = [m for m in _modules(executable.mod) if m.kind == "webgpu"]
+    if not webgpu:
+        # tvm.compile for webgpu without GPU schedules succeeds and puts every kernel on the host.
+        raise ValueError(
+            "the executable has no webgpu module: every kernel was compiled for the wasm host. "
+            "Apply GPU schedules (tvm.s_tir.dlight gpu rules inside `with target:`) before tvm.compile."
+        )
+    return "".join(m.inspect_source() for m in webgpu)
+
+
+@contextlib.contextmanager
+def _tvm_home(runtime_dir: Path) -> Iterator[None]:
+    """Point create_tvmjs_wasm at `runtime_dir`: it only searches $TVM_HOME/web/dist/wasm."""
+    with tempfile.TemporaryDirectory(prefix="websd-tvm-home-") as home:
+        dist = Path(home) / "web" / "dist" / "wasm"
+        dist.mkdir(parents=True)
+        for name in RUNTIME_BITCODE:
+            (dist / name).symlink_to(runtime_dir.resolve() / name)
+        old = os.environ.get("TVM_HOME")
+        os.environ["TVM_HOME"] = home
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ["TVM_HOME"]
+            else:
+                os.environ["TVM_HOME"] = old
+
+
+def _create_wasm(output, objects, **kwargs):
+    return create_tvmjs_wasm(output, objects, **kwargs)
+
+
+# Wasm objects, not LLVM bitcode: Debian's LLVM-14 wasm-ld cannot read TVM's LLVM-22 bitcode.
+_create_wasm.object_format = "o"
+
+
+def export_wasm(executable, out_path: Path, runtime_dir: Path) -> dict:
+    """Link `executable` (tvm.compile for webgpu with a wasm32 host) with the runtime bitcode in
+    `runtime_dir` into `out_path`; return the WGSL kernel count and size."""
+    wgsl = webgpu_source(executable)
+    missing = [name for name in RUNTIME_BITCODE if not (Path(runtime_dir) / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{runtime_dir} lacks {', '.join(missing)}: build it with stages/build_runtime.py"
+        )
+    with _tvm_home(Path(runtime_dir)), atomic_path(Path(out_path)) as tmp:
+        executable.export_library(str(tmp), fcompile=_create_wasm)
+    return {"wgsl_kernels": wgsl.count("@compute"), "wgsl_bytes": len(wgsl.encode())}
