@@ -14,6 +14,26 @@ from websd.config import Config
 from websd.paths import Layout
 
 
+def _torch_nearest(node, importer):
+    """aten.upsample_nearest2d as PyTorch defines it: source index floor(dst * in / out).
+
+    TVM 0.27's importer maps it to half-pixel rounding (that is "nearest-exact"), which
+    picks other pixels whenever the size is not a whole multiple: the UNet's skip-sized
+    upsampling of odd latent sizes.
+    """
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    size, scales = node.args[1], node.args[2] if len(node.args) > 2 else None
+    if size is None:
+        scales = scales if isinstance(scales, list | tuple) else [scales, scales]
+        size = [int(int(dim) * scale) for dim, scale in zip(importer.shape_of(x).values[2:], scales)]
+    resized = relax.op.image.resize2d(
+        x, size, layout="NCHW", method="nearest_neighbor", coordinate_transformation_mode="asymmetric", rounding_method="floor"
+    )
+    return importer.block_builder.emit(resized)
+
+
 def import_relax(exported: Path, module_out: Path, params_out: Path) -> None:
     import torch
     from tvm import relax
@@ -21,7 +41,9 @@ def import_relax(exported: Path, module_out: Path, params_out: Path) -> None:
 
     program = torch.export.load(exported)
     with torch.no_grad():
-        mod = from_exported_program(program, keep_params_as_input=True)
+        mod = from_exported_program(
+            program, keep_params_as_input=True, custom_convert_map={"upsample_nearest2d.vec": _torch_nearest}
+        )
     mod, params = relax.frontend.detach_params(mod)
     weights = params["main"]
     print(f"import_relax: {exported.parent.name}: {len(weights)} weight tensors")

@@ -16,6 +16,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target` (a file or a folder); rename it onto `target` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     staging = tmp / target.name
     try:

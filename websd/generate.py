@@ -15,7 +15,7 @@ from . import schedulers
 from .components import LATENT_CHANNELS, VAE_SCALE
 from .config import Config
 from .paths import Layout
-from .runtime import Component
+from .runtime import Component, NotBuiltError
 from .tokenizer import token_ids
 
 
@@ -58,6 +58,8 @@ class Generator:
 
         from stages.make_model import model_dir
 
+        if not layout.model.exists():
+            raise NotBuiltError(layout.model)
         model = model_dir(layout.model)
         self.tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
         self.scheduler_config = scheduler_config(model)

@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build"
-DIST = ROOT / "dist"
+# Overridable so tests can build into a scratch folder.
+BUILD = Path(os.environ.get("WEBSD_BUILD", ROOT / "build"))
+DIST = Path(os.environ.get("WEBSD_DIST", ROOT / "dist"))
 
 
 def library_suffix(target: str) -> str:

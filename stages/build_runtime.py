@@ -1,0 +1,144 @@
+"""Build TVM's web runtime bitcode (the part of every model .wasm that is not the model) with
+Emscripten, once per TVM version, into a cache outside the repo.
+
+The apache-tvm wheel ships `tvm/web/` and the runtime sources but lacks a few support headers;
+those come from the TVM tree vendored in the PyPI sdist of tilelang, pinned by sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from doit.tools import config_changed
+
+from websd.atomic import atomic_path
+from websd.wasm import RUNTIME_BITCODE
+
+TILELANG_VERSION = "0.1.14"
+TILELANG_SHA256 = "7ae0fba6c63dae80b3c9c5c11a70bb8d7165794994f290f36e2fe87bfb143cfc"
+# Headers the web build includes that the wheel lacks, relative to the sdist's vendored TVM root.
+SDIST_HEADERS = (
+    "3rdparty/compiler-rt/builtin_fp16.h",
+    "src/support/arena.h",
+    "src/support/base64.h",
+    "src/support/bytes_io.h",
+    "src/support/ring_buffer.h",
+    "src/support/utils.h",
+    "include/tvm/support/io.h",
+    "include/tvm/support/serializer.h",
+)
+# TVM 0.27's vm.cc wants tvm::support::NVTXScopedRange here; the sdist has an older header under
+# another path and namespace. Profiling ranges mean nothing in a browser, so a no-op is enough.
+NVTX_HEADER = """\
+#ifndef TVM_SUPPORT_CUDA_NVTX_H_
+#define TVM_SUPPORT_CUDA_NVTX_H_
+#include <string>
+namespace tvm {
+namespace support {
+class NVTXScopedRange {
+ public:
+  explicit NVTXScopedRange(const char*) {}
+  explicit NVTXScopedRange(const std::string&) {}
+};
+}  // namespace support
+}  // namespace tvm
+#endif  // TVM_SUPPORT_CUDA_NVTX_H_
+"""
+
+
+def runtime_dir() -> Path:
+    """The cache folder holding the runtime bitcode for the installed TVM version."""
+    cache = Path(os.environ.get("WEBSD_CACHE") or Path.home() / ".cache" / "websd")
+    return cache / "tvm-web-runtime" / tvm.__version__
+
+
+def _download_sdist(dest: Path) -> Path:
+    # --no-build-isolation: with isolation pip spends minutes building tilelang's build env just
+    # to read its metadata.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "--no-build-isolation", f"tilelang=={TILELANG_VERSION}", "-d", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    sdist = dest / f"tilelang-{TILELANG_VERSION}.tar.gz"
+    if proc.returncode != 0 or not sdist.is_file():
+        raise RuntimeError(
+            f"could not download the tilelang {TILELANG_VERSION} sdist (it supplies TVM headers "
+            "the wheel lacks). It needs PyPI access and, since pip prepares its metadata without "
+            "build isolation: pip install 'cmake>=3.26' scikit-build-core cython\n"
+            f"$ {' '.join(cmd)}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if digest != TILELANG_SHA256:
+        raise RuntimeError(f"{sdist.name}: sha256 {digest}, expected {TILELANG_SHA256}")
+    return sdist
+
+
+def _stage_tree(root: Path, sdist: Path) -> None:
+    """Lay out the TVM source tree that web/Makefile expects (it includes relative to web/..)."""
+    tvm_root = Path(tvm.__file__).parent
+    ffi_root = Path(tvm_ffi.__file__).parent
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(tvm_root / "web" / "emcc", root / "web" / "emcc", ignore=skip)
+    shutil.copy(tvm_root / "web" / "Makefile", root / "web" / "Makefile")
+    shutil.copytree(tvm_root / "src" / "runtime", root / "src" / "runtime", ignore=skip)
+    shutil.copytree(tvm_root / "include", root / "include", ignore=skip)
+    # The tvm_ffi package mirrors the 3rdparty/tvm-ffi source layout (include/, src/, 3rdparty/).
+    for part in ("include", "src", "3rdparty"):
+        shutil.copytree(ffi_root / part, root / "3rdparty" / "tvm-ffi" / part, ignore=skip)
+
+    prefix = f"tilelang-{TILELANG_VERSION}/3rdparty/tvm/"
+    with tarfile.open(sdist) as tar:
+        for rel in SDIST_HEADERS:
+            src = tar.extractfile(prefix + rel)
+            dst = root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read())
+    nvtx = root / "include" / "tvm" / "support" / "cuda" / "nvtx.h"
+    nvtx.parent.mkdir(parents=True, exist_ok=True)
+    nvtx.write_text(NVTX_HEADER)
+
+
+def build_runtime(out_dir: Path) -> None:
+    """Compile the three runtime .bc files into `out_dir` (replaced atomically when all are done)."""
+    if shutil.which("emcc") is None:
+        raise RuntimeError("emcc not found: install Emscripten (apt-get install emscripten)")
+    if shutil.which("make") is None:
+        raise RuntimeError("make not found: apt-get install make")
+    with tempfile.TemporaryDirectory(prefix="websd-tvm-web-") as tmp:
+        tmp = Path(tmp)
+        print(f"downloading tilelang {TILELANG_VERSION} sdist for TVM support headers", flush=True)
+        _stage_tree(tmp / "tvm", _download_sdist(tmp / "sdist"))
+        web = tmp / "tvm" / "web"
+        for i, name in enumerate(RUNTIME_BITCODE, 1):
+            print(f"[{i}/{len(RUNTIME_BITCODE)}] emcc {name} ...", flush=True)
+            start = time.monotonic()
+            # The Makefile's own target, so the flags stay those TVM's web runtime expects.
+            proc = subprocess.run(["make", "-C", str(web), f"dist/wasm/{name}"],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"emcc failed on {name}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+            print(f"[{i}/{len(RUNTIME_BITCODE)}] {name} done in {time.monotonic() - start:.0f} s", flush=True)
+        with atomic_path(Path(out_dir)) as staging:
+            staging.mkdir()
+            for name in RUNTIME_BITCODE:
+                shutil.copy(web / "dist" / "wasm" / name, staging / name)
+
+
+def task() -> dict:
+    out = runtime_dir()
+    return {
+        "actions": [(build_runtime, [out])],
+        "targets": [str(out / name) for name in RUNTIME_BITCODE],
+        "uptodate": [config_changed({"tvm": tvm.__version__, "tilelang": TILELANG_VERSION,
+                                     "tilelang_sha256": TILELANG_SHA256})],
+        "doc": f"build TVM's web runtime bitcode with Emscripten into {out}",
+    }

@@ -1,0 +1,55 @@
+"""Shared fixtures: every test builds into one scratch build tree (WEBSD_BUILD), never build/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Before websd.paths is imported anywhere, so the tests' Layouts and doit agree.
+SCRATCH = Path(tempfile.mkdtemp(prefix="websd-tests-"))
+os.environ["WEBSD_BUILD"] = str(SCRATCH / "build")
+os.environ["WEBSD_DIST"] = str(SCRATCH / "dist")
+
+from websd.paths import ROOT  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+
+
+def doit(*args: str, check: bool = True) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run doit in the repository; return the tasks it executed (not those up to date)."""
+    result = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    executed = [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]
+    return executed, result
+
+
+def write_config(path: Path, changes: dict, base: Path = DEFAULT_CONFIG) -> Path:
+    """A copy of `base` with `changes` merged in (nested dicts merge; the architecture made absolute)."""
+    raw = yaml.safe_load(base.read_text())
+    raw["model"]["architecture"] = str((base.parent / raw["model"]["architecture"]).resolve())
+    raw["stages"]["apply_db"]["database"] = str((base.parent / raw["stages"]["apply_db"]["database"]).resolve())
+
+    def merge(into: dict, new: dict) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    merge(raw, changes)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_build() -> Path:
+    """The default config, fully built (once per test session)."""
+    doit(f"config={DEFAULT_CONFIG}", "dist")
+    return DEFAULT_CONFIG
