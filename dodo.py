@@ -12,9 +12,22 @@ import sys
 
 from doit import get_var
 
-from stages import apply_db, build, export_fx, import_relax, legalize, make_model, memory_plan, shard_params
+from stages import (
+    apply_db,
+    build,
+    build_runtime,
+    build_tokenizer_wasm,
+    build_wasm,
+    dist,
+    export_fx,
+    import_relax,
+    legalize,
+    make_model,
+    memory_plan,
+    shard_params,
+)
 from websd.config import ConfigError, load_config
-from websd.paths import Layout
+from websd.paths import DIST, Layout
 
 try:
     CONFIG = load_config(get_var("config", "config/default.yaml"))
@@ -72,15 +85,56 @@ def task_shard_params():
     yield from shard_params.tasks(CONFIG, LAYOUT)
 
 
-def _component_outputs(component):
-    return [f"build:{component}@{target}" for target in CONFIG.targets] + [f"shard_params:{component}"]
+def task_build_runtime():
+    """TVM's web runtime bitcode, built once per TVM version (cached outside the repository)"""
+    if "webgpu" in CONFIG.targets:
+        return build_runtime.task()
+
+
+def task_build_wasm():
+    """webgpu + wasm32 build of each component, linked with the web runtime"""
+    yield from build_wasm.tasks(CONFIG, LAYOUT)
+
+
+def task_build_tokenizer_wasm():
+    """the tokenizer for the page: tokenizer.json + tokenizers compiled to wasm"""
+    if "webgpu" in CONFIG.targets:
+        return build_tokenizer_wasm.task(CONFIG, LAYOUT)
+
+
+def _bundle(components, doc):
+    """The native libraries of these components, plus the browser bundle if the config has webgpu."""
+    native = [f"build:{c}@{t}" for c in components for t in CONFIG.targets if t != "webgpu"]
+    if "webgpu" not in CONFIG.targets:
+        return {"doc": doc, "actions": None, "task_dep": native + [f"shard_params:{c}" for c in components]}
+    return {**dist.task(CONFIG, LAYOUT, components, doc), "task_dep": native}
 
 
 def task_dist():
-    """everything the config asks for"""
-    return {"actions": None, "task_dep": [dep for c in CONFIG.components for dep in _component_outputs(c)]}
+    """everything the config asks for; the browser bundle in dist/"""
+    return _bundle(CONFIG.components, "everything the config asks for; the browser bundle in dist/")
 
 
 def task_text_encoder_only():
-    """only the text encoder's chain"""
-    return {"actions": None, "task_dep": _component_outputs("text_encoder")}
+    """only the text encoder's chain (and a dist/ holding only it)"""
+    return _bundle(["text_encoder"], "only the text encoder's chain (and a dist/ holding only it)")
+
+
+def task_serve():
+    """serve dist/ on 127.0.0.1 (--port, default 8000)"""
+
+    def serve(port):
+        import functools
+        import http.server
+
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(DIST))
+        with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+            print(f"serving {DIST} at http://127.0.0.1:{port}/ (Ctrl-C to stop)", flush=True)
+            server.serve_forever()
+
+    return {
+        "actions": [(serve,)],
+        "params": [{"name": "port", "long": "port", "type": int, "default": 8000}],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

@@ -1,8 +1,5 @@
-"""Stage build: one loadable library per component and target.
-
-llvm and cuda: a shared library for tvm.runtime.load_module. webgpu: WGSL kernels plus a
-wasm32 host, linked with the TVM web runtime into a .wasm for tvmjs.
-"""
+"""Stage build: one shared library per component and native target (llvm, cuda), for
+tvm.runtime.load_module. (The webgpu target is build_wasm's.)"""
 
 from __future__ import annotations
 
@@ -13,46 +10,22 @@ from websd import relax_io
 from websd.atomic import atomic_path
 from websd.config import Config
 from websd.paths import Layout
-from websd.targets import tvm_target
-
-
-def passes() -> list:
-    """What remains after memory planning: lower to the VM's instructions."""
-    from tvm import relax
-
-    return [
-        relax.transform.LowerAllocTensor(),
-        relax.transform.KillAfterLastUse(),
-        relax.transform.LowerRuntimeBuiltin(),
-        relax.transform.ComputePrimValue(),
-        relax.transform.VMShapeLower(),
-        relax.transform.AttachGlobalSymbol(),
-    ]
+from websd.targets import NATIVE, compile_planned
 
 
 def build(module_in: Path, target: str, library_out: Path) -> None:
-    import tvm
-
-    mod = relax_io.load_module(module_in)
-    executable = tvm.compile(mod, tvm_target(target), relax_pipeline=tvm.transform.Sequential(passes()))
-    if target == "webgpu":
-        from stages.build_runtime import runtime_dir
-        from websd.wasm import export_wasm
-
-        stats = export_wasm(executable, library_out, runtime_dir())
-        print(f"build: {library_out.name}: {stats}")
-    else:
-        with atomic_path(library_out) as tmp:
-            executable.export_library(str(tmp))
-        print(f"build: {library_out}")
+    executable = compile_planned(relax_io.load_module(module_in), target)
+    with atomic_path(library_out) as tmp:
+        executable.export_library(str(tmp))
+    print(f"build: {library_out}")
 
 
 def tasks(config: Config, layout: Layout):
     for component in config.components:
-        for target in config.targets:
+        for target in (t for t in config.targets if t in NATIVE):
             yield stage_task(
                 name=f"{component}@{target}",
-                doc="compile each component for each target",
+                doc="compile each component for each native target",
                 action=(build, [layout.planned(component, target), target, layout.library(component, target)]),
                 file_dep=[layout.planned(component, target)],
                 targets=[layout.library(component, target)],

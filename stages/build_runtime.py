@@ -19,10 +19,9 @@ from pathlib import Path
 
 import tvm
 import tvm_ffi
-from doit.tools import config_changed
 
 from websd.atomic import atomic_path
-from websd.wasm import RUNTIME_BITCODE
+from websd.wasm import RUNTIME_BITCODE, RUNTIME_OBJECTS
 
 TILELANG_VERSION = "0.1.14"
 TILELANG_SHA256 = "7ae0fba6c63dae80b3c9c5c11a70bb8d7165794994f290f36e2fe87bfb143cfc"
@@ -59,7 +58,7 @@ class NVTXScopedRange {
 def runtime_dir() -> Path:
     """The cache folder holding the runtime bitcode for the installed TVM version."""
     cache = Path(os.environ.get("WEBSD_CACHE") or Path.home() / ".cache" / "websd")
-    return cache / "tvm-web-runtime" / tvm.__version__
+    return cache / "tvm-web-runtime" / f"{tvm.__version__}-tilelang{TILELANG_VERSION}"
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -107,8 +106,15 @@ def _stage_tree(root: Path, sdist: Path) -> None:
     nvtx.write_text(NVTX_HEADER)
 
 
+def _run(command: list[str], what: str) -> None:
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"emcc failed on {what}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+
+
 def build_runtime(out_dir: Path) -> None:
-    """Compile the three runtime .bc files into `out_dir` (replaced atomically when all are done)."""
+    """Compile the three runtime .bc files, and each to a wasm object, into `out_dir` (replaced
+    atomically when all are done)."""
     if shutil.which("emcc") is None:
         raise RuntimeError("emcc not found: install Emscripten (apt-get install emscripten)")
     if shutil.which("make") is None:
@@ -122,23 +128,22 @@ def build_runtime(out_dir: Path) -> None:
             print(f"[{i}/{len(RUNTIME_BITCODE)}] emcc {name} ...", flush=True)
             start = time.monotonic()
             # The Makefile's own target, so the flags stay those TVM's web runtime expects.
-            proc = subprocess.run(["make", "-C", str(web), f"dist/wasm/{name}"],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"emcc failed on {name}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+            _run(["make", "-C", str(web), f"dist/wasm/{name}"], name)
             print(f"[{i}/{len(RUNTIME_BITCODE)}] {name} done in {time.monotonic() - start:.0f} s", flush=True)
         with atomic_path(Path(out_dir)) as staging:
             staging.mkdir()
-            for name in RUNTIME_BITCODE:
-                shutil.copy(web / "dist" / "wasm" / name, staging / name)
+            for bitcode, obj in zip(RUNTIME_BITCODE, RUNTIME_OBJECTS):
+                shutil.copy(web / "dist" / "wasm" / bitcode, staging / bitcode)
+                print(f"emcc -c {bitcode} -> {obj} ...", flush=True)
+                _run(["emcc", "-O3", "-c", str(staging / bitcode), "-o", str(staging / obj)], obj)
 
 
 def task() -> dict:
     out = runtime_dir()
     return {
         "actions": [(build_runtime, [out])],
-        "targets": [str(out / name) for name in RUNTIME_BITCODE],
-        "uptodate": [config_changed({"tvm": tvm.__version__, "tilelang": TILELANG_VERSION,
-                                     "tilelang_sha256": TILELANG_SHA256})],
+        "targets": [str(out / name) for name in RUNTIME_BITCODE + RUNTIME_OBJECTS],
+        # The folder is keyed by every input, so a complete one is up to date for any build tree.
+        "uptodate": [lambda: all((out / name).is_file() for name in RUNTIME_BITCODE + RUNTIME_OBJECTS)],
         "doc": f"build TVM's web runtime bitcode with Emscripten into {out}",
     }

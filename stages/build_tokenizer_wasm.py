@@ -11,15 +11,16 @@ From a diffusers pipeline folder's `tokenizer/` it writes, into one output folde
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 from pathlib import Path
 
+from stages.make_model import model_dir
+from stages.task import stage_task
 from websd.atomic import atomic_path
-from websd.paths import ROOT
+from websd.config import Config
+from websd.paths import ROOT, Layout
 
-STAGE_VERSION = 1
 WEB_TOKENIZERS = ROOT / "web" / "node_modules" / "@mlc-ai" / "web-tokenizers"
 BUNDLE = WEB_TOKENIZERS / "lib" / "index.js"
 
@@ -31,15 +32,6 @@ OUTPUTS = (TOKENIZER_JSON, META_JSON, BUNDLE_JS)
 
 def web_tokenizers_version() -> str:
     return json.loads((WEB_TOKENIZERS / "package.json").read_text())["version"]
-
-
-def versions() -> dict:
-    return {
-        "stage": STAGE_VERSION,
-        "tokenizers": importlib.metadata.version("tokenizers"),
-        "transformers": importlib.metadata.version("transformers"),
-        "web-tokenizers": web_tokenizers_version(),
-    }
 
 
 def build_tokenizer_wasm(model_dir: Path, out_dir: Path) -> None:
@@ -68,19 +60,13 @@ def build_tokenizer_wasm(model_dir: Path, out_dir: Path) -> None:
         shutil.copyfile(BUNDLE, tmp / BUNDLE_JS)
 
 
-def _action(model_json: Path, out_dir: Path) -> None:
-    model_dir = Path(json.loads(Path(model_json).read_text())["path"])
-    build_tokenizer_wasm(model_dir, out_dir)
-
-
-def task(model_json: Path, out_dir: Path) -> dict:
-    import doit.tools
-
-    out_dir = Path(out_dir)
-    return {
-        "actions": [(_action, [Path(model_json), out_dir])],
-        "file_dep": [str(model_json), str(BUNDLE)],
-        "targets": [str(out_dir / name) for name in OUTPUTS],
-        "uptodate": [doit.tools.config_changed(versions())],
-        "clean": True,
-    }
+def task(config: Config, layout: Layout) -> dict:
+    return stage_task(
+        doc="tokenizer.json + Hugging Face tokenizers compiled to wasm, for the page",
+        action=(lambda: build_tokenizer_wasm(model_dir(layout.model), layout.tokenizer)),
+        file_dep=[layout.model, BUNDLE],
+        targets=[layout.tokenizer / name for name in OUTPUTS],
+        options={"web-tokenizers": web_tokenizers_version()},
+        tools=("tokenizers", "transformers"),
+        sources=(__file__,),
+    )

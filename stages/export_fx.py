@@ -14,10 +14,11 @@ from websd.paths import Layout
 def export_fx(model_json: Path, component: str, height: int, width: int, out_path: Path) -> None:
     import torch
 
-    from websd.components import example_inputs, load_component
+    from websd.components import example_inputs, load_component, signature
 
-    module = load_component(component, make_model.model_dir(model_json))
-    inputs = example_inputs(component, module, height, width)
+    model = make_model.model_dir(model_json)
+    module = load_component(component, model)
+    inputs = example_inputs(signature(component, model, height, width))
     print(f"export_fx: {component} with inputs {[tuple(x.shape) for x in inputs]}")
     with torch.no_grad():
         program = torch.export.export(module, inputs)

@@ -2,7 +2,8 @@
 
 Dataflow is lowered to explicit allocations, then StaticPlanBlockMemory reuses storage
 between tensors whose lifetimes do not overlap. memory.json gives, per Relax function,
-the bytes allocated before and after planning.
+the bytes allocated before and after planning, and the largest single allocation (which
+bounds the GPU buffer size the browser must allow).
 """
 
 from __future__ import annotations
@@ -30,25 +31,24 @@ def passes() -> list:
     ]
 
 
-def allocated_bytes(func) -> int:
-    """Bytes the function allocates: tensors not yet planned plus planned storage."""
+def allocations(func) -> list[int]:
+    """Byte sizes of what the function allocates: tensors not yet planned, and planned storage."""
     from tvm import relax
     from tvm.runtime import DataType
 
-    total = 0
+    sizes = []
 
     def visit(expr):
-        nonlocal total
         if not (isinstance(expr, relax.Call) and hasattr(expr.op, "name")):
             return
         if expr.op.name == "relax.builtin.alloc_tensor":
             shape, dtype = expr.args[0], expr.args[1]
-            total += math.prod(int(d) for d in shape.values) * DataType(dtype.value).bits // 8
+            sizes.append(math.prod(int(d) for d in shape.values) * DataType(dtype.value).bits // 8)
         elif expr.op.name == "relax.memory.alloc_storage":
-            total += math.prod(int(d) for d in expr.args[0].values)
+            sizes.append(math.prod(int(d) for d in expr.args[0].values))
 
     relax.analysis.post_order_visit(func.body, visit)
-    return total
+    return sizes
 
 
 def memory_plan(module_in: Path, module_out: Path, report_out: Path) -> None:
@@ -59,14 +59,15 @@ def memory_plan(module_in: Path, module_out: Path, report_out: Path) -> None:
     *lowering, plan = passes()
     lowered = tvm.transform.Sequential(lowering)(mod)
     planned = plan(lowered)
-    functions = {
-        gv.name_hint: {"before_bytes": allocated_bytes(func), "after_bytes": allocated_bytes(planned[gv.name_hint])}
-        for gv, func in lowered.functions.items()
-        if isinstance(func, relax.Function)
-    }
+    functions = {}
+    for gv, func in lowered.functions.items():
+        if isinstance(func, relax.Function):
+            before, after = allocations(func), allocations(planned[gv.name_hint])
+            functions[gv.name_hint] = {"before_bytes": sum(before), "after_bytes": sum(after), "largest_bytes": max(after, default=0)}
     report = {
         "before_bytes": sum(f["before_bytes"] for f in functions.values()),
         "after_bytes": sum(f["after_bytes"] for f in functions.values()),
+        "largest_bytes": max((f["largest_bytes"] for f in functions.values()), default=0),
         "functions": functions,
     }
     print(f"memory_plan: {module_in.parent.parent.name}@{module_in.parent.name}: {report['before_bytes']:,} -> {report['after_bytes']:,} bytes")

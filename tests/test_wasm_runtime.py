@@ -18,7 +18,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from stages.build_runtime import build_runtime, runtime_dir
-from websd.wasm import RUNTIME_BITCODE, export_wasm
+from websd.wasm import RUNTIME_OBJECTS, export_wasm
 
 from browser import TVMJS, browser, http_server, run_page  # noqa: F401 (browser: a fixture)
 
@@ -91,7 +91,7 @@ def _compile(schedule: bool):
 @pytest.fixture(scope="module")
 def runtime():
     out = runtime_dir()
-    if not all((out / name).is_file() for name in RUNTIME_BITCODE):
+    if not all((out / name).is_file() for name in RUNTIME_OBJECTS):
         build_runtime(out)
     return out
 

@@ -11,6 +11,7 @@ runners feed it, so the exported graph is the whole of what runs on the device:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -73,14 +74,26 @@ def load_component(name: str, model_dir: Path) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def example_inputs(name: str, module: torch.nn.Module, height: int, width: int) -> tuple[torch.Tensor, ...]:
-    """Inputs of the shapes the component is compiled for (the values do not matter)."""
-    latent = (LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+def signature(name: str, model_dir: Path, height: int, width: int) -> dict:
+    """Shapes and dtypes of a component's inputs and output, from the pipeline's configs."""
+    latent = [LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE]
+    dim = json.loads((model_dir / "text_encoder" / "config.json").read_text())["hidden_size"]
+    embeddings = {"shape": [1, MAX_LENGTH, dim], "dtype": "float32"}
     if name == "text_encoder":
-        return (torch.zeros(1, MAX_LENGTH, dtype=torch.int32),)
+        return {"inputs": [{"shape": [1, MAX_LENGTH], "dtype": "int32"}], "output": embeddings}
     if name == "unet":
-        dim = module.model.config.cross_attention_dim
-        return (torch.randn(2, *latent), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, dim))
+        batch = {"shape": [2, *latent], "dtype": "float32"}
+        timestep = {"shape": [1], "dtype": "float32"}
+        return {"inputs": [batch, timestep, {**embeddings, "shape": [2, MAX_LENGTH, dim]}], "output": batch}
     if name == "vae_decoder":
-        return (torch.randn(1, *latent),)
+        return {"inputs": [{"shape": [1, *latent], "dtype": "float32"}], "output": {"shape": [1, 3, height, width], "dtype": "float32"}}
     raise ValueError(f"unknown component {name!r}")
+
+
+def example_inputs(signature: dict) -> tuple[torch.Tensor, ...]:
+    """Tensors of the signature's shapes; the export does not depend on their values."""
+
+    def tensor(spec: dict) -> torch.Tensor:
+        return torch.zeros(spec["shape"], dtype=torch.int32) if spec["dtype"] == "int32" else torch.rand(spec["shape"])
+
+    return tuple(tensor(spec) for spec in signature["inputs"])

@@ -6,8 +6,10 @@
     build/<config>/<component>/legalized.json         legalize
     build/<config>/<component>/<target>/scheduled.json    apply_db
     build/<config>/<component>/<target>/planned.json      memory_plan (+ memory.json)
-    build/<config>/<target>/<component>.so|.wasm      build
+    build/<config>/<target>/<component>.so            build (llvm, cuda)
+    build/<config>/webgpu/<component>.wasm, .json     build_wasm (+ kernel count, WGSL size)
     build/<config>/params/<component>/tensor-cache.json   shard_params
+    build/<config>/tokenizer/                         build_tokenizer_wasm
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ class Layout:
 
     def library(self, component: str, target: str) -> Path:
         return self.root / target / f"{component}{library_suffix(target)}"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    def wasm_stats(self, component: str) -> Path:
+        return self.root / "webgpu" / f"{component}.json"
 
     def tensor_cache(self, component: str) -> Path:
         return self.root / "params" / component

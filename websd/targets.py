@@ -1,8 +1,10 @@
-"""The compilation targets a config may name, as TVM targets."""
+"""The compilation targets a config may name, and the last step shared by every target:
+a memory-planned Relax module compiled into a VM executable."""
 
 from __future__ import annotations
 
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
+NATIVE = ("llvm", "cuda")
 
 
 def tvm_target(name: str):
@@ -19,3 +21,24 @@ def tvm_target(name: str):
 
 def is_gpu(name: str) -> bool:
     return name in ("cuda", "webgpu")
+
+
+def vm_lowering_passes() -> list:
+    """What remains after memory planning: lower to the VM's instructions."""
+    from tvm import relax
+
+    return [
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+
+
+def compile_planned(mod, target: str):
+    """tvm.compile with only the VM lowering left to do (the stages did the rest)."""
+    import tvm
+
+    return tvm.compile(mod, tvm_target(target), relax_pipeline=tvm.transform.Sequential(vm_lowering_passes()))

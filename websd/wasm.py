@@ -14,6 +14,11 @@ from websd.atomic import atomic_path
 
 # The runtime bitcode create_tvmjs_wasm links into every model, by the names it looks for.
 RUNTIME_BITCODE = ("wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc")
+# The same, compiled once to wasm objects (-O3): linking bitcode recompiles the whole runtime
+# at every link (about 100 s per model here); linking objects takes seconds.
+RUNTIME_OBJECTS = tuple(name.replace(".bc", ".o") for name in RUNTIME_BITCODE)
+# wasm-opt at -O3 takes a minute per model for no smaller a file than -O2 (a few MB of host code).
+LINK_OPTIONS = ["-O2"]
 
 
 def _modules(mod) -> Iterator:
@@ -36,12 +41,13 @@ def webgpu_source(executable) -> str:
 
 @contextlib.contextmanager
 def _tvm_home(runtime_dir: Path) -> Iterator[None]:
-    """Point create_tvmjs_wasm at `runtime_dir`: it only searches $TVM_HOME/web/dist/wasm."""
+    """Point create_tvmjs_wasm at `runtime_dir`'s objects: it only searches $TVM_HOME/web/dist/wasm,
+    by the bitcode names (the linker tells objects from bitcode by their contents)."""
     with tempfile.TemporaryDirectory(prefix="websd-tvm-home-") as home:
         dist = Path(home) / "web" / "dist" / "wasm"
         dist.mkdir(parents=True)
-        for name in RUNTIME_BITCODE:
-            (dist / name).symlink_to(runtime_dir.resolve() / name)
+        for bitcode, obj in zip(RUNTIME_BITCODE, RUNTIME_OBJECTS):
+            (dist / bitcode).symlink_to(runtime_dir.resolve() / obj)
         old = os.environ.get("TVM_HOME")
         os.environ["TVM_HOME"] = home
         try:
@@ -54,7 +60,7 @@ def _tvm_home(runtime_dir: Path) -> Iterator[None]:
 
 
 def _create_wasm(output, objects, **kwargs):
-    return create_tvmjs_wasm(output, objects, **kwargs)
+    return create_tvmjs_wasm(output, objects, options=LINK_OPTIONS)
 
 
 # Wasm objects, not LLVM bitcode: Debian's LLVM-14 wasm-ld cannot read TVM's LLVM-22 bitcode.
@@ -65,7 +71,7 @@ def export_wasm(executable, out_path: Path, runtime_dir: Path) -> dict:
     """Link `executable` (tvm.compile for webgpu with a wasm32 host) with the runtime bitcode in
     `runtime_dir` into `out_path`; return the WGSL kernel count and size."""
     wgsl = webgpu_source(executable)
-    missing = [name for name in RUNTIME_BITCODE if not (Path(runtime_dir) / name).is_file()]
+    missing = [name for name in RUNTIME_OBJECTS if not (Path(runtime_dir) / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{runtime_dir} lacks {', '.join(missing)}: build it with stages/build_runtime.py"
