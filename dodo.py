@@ -112,12 +112,12 @@ def _bundle(components, doc):
 
 def task_dist():
     """everything the config asks for; the browser bundle in dist/"""
-    return _bundle(CONFIG.components, "everything the config asks for; the browser bundle in dist/")
+    return _bundle(CONFIG.components, task_dist.__doc__)
 
 
 def task_text_encoder_only():
     """only the text encoder's chain (and a dist/ holding only it)"""
-    return _bundle(["text_encoder"], "only the text encoder's chain (and a dist/ holding only it)")
+    return _bundle(["text_encoder"], task_text_encoder_only.__doc__)
 
 
 def task_serve():
