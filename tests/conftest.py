@@ -21,9 +21,12 @@ from websd.paths import ROOT  # noqa: E402
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
 
 
-def doit(*args: str, check: bool = True) -> tuple[list[str], subprocess.CompletedProcess]:
-    """Run doit in the repository; return the tasks it executed (not those up to date)."""
-    result = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, capture_output=True, text=True)
+def doit(*args: str, check: bool = True, env: dict | None = None) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run doit in the repository (with `env` added to the environment); return the tasks it
+    executed (not those up to date)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "doit", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     executed = [line[3:].strip() for line in result.stdout.splitlines() if line.startswith(".  ")]

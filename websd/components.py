@@ -64,7 +64,8 @@ class VaeDecoder(torch.nn.Module):
 def load_component(name: str, model_dir: Path) -> torch.nn.Module:
     """The wrapped module for one component of a diffusers pipeline folder, in eval mode."""
     if name == "text_encoder":
-        module = TextEncoder(CLIPTextModel.from_pretrained(model_dir / "text_encoder"))
+        # Eager attention, for the reason UNet gives: SDPA imports with an int8 mask WebGPU rejects.
+        module = TextEncoder(CLIPTextModel.from_pretrained(model_dir / "text_encoder", attn_implementation="eager"))
     elif name == "unet":
         module = UNet(UNet2DConditionModel.from_pretrained(model_dir / "unet"))
     elif name == "vae_decoder":

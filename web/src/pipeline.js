@@ -1,0 +1,192 @@
+// The websd text-to-image pipeline in the browser, usable without the page's UI:
+//
+//   const sd = await loadPipeline("./", { onWeightsProgress: (loaded, total) => ... });
+//   const emb = await sd.encode("a cat");                       // Float32Array [1, 77, D]
+//   const { pixels, width, height } = await sd.generate({ prompt: "a cat", seed: 1 });
+//
+// It mirrors websd/generate.py step for step: tokenize, encode the negative prompt then the
+// prompt, draw the latents as torch.randn does for the seed, run the scheduler plan with
+// classifier-free guidance (UNet at batch 2: [x, x] with [uncond, cond]), decode with the VAE.
+//
+// Each component (text_encoder, unet, vae_decoder) is its own .wasm, so its own tvmjs instance;
+// they share one GPUDevice and pass tensors through the CPU (small: latents and embeddings).
+
+import { randn } from "./randn.js";
+import { denoise } from "./scheduler.js";
+import { loadTokenizer } from "./tokenizer.js";
+import { ensureWeights, paramsUrl } from "./weights.js";
+
+export const CACHE_SCOPE = "websd"; // the Cache API bucket for the weights (ours and tvmjs's)
+
+/** Raised when this browser/GPU cannot run the model; the message says what to do. */
+export class WebGPUUnavailable extends Error {}
+
+const ADVICE = "Use a recent Chrome or Edge (version 113 or later) on a machine with a GPU; on Linux, "
+  + "enable WebGPU in chrome://flags (#enable-unsafe-webgpu) or start Chromium with --enable-unsafe-webgpu.";
+
+// The vendor files are UMD bundles: a classic <script> sets window.tvmjs / window.SparkMD5.
+function loadScript(url, globalName) {
+  if (globalThis[globalName] !== undefined) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = url;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`cannot load ${url}`));
+    document.head.append(script);
+  });
+}
+
+async function fetchOk(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`cannot fetch ${url} (HTTP ${response.status})`);
+  return response;
+}
+
+export async function loadManifest(baseUrl) {
+  return (await fetchOk(new URL("manifest.json", baseUrl))).json();
+}
+
+/**
+ * A GPUDevice for the model, or a WebGPUUnavailable error saying why not. We request the device
+ * ourselves rather than with tvmjs.detectGPUDevice: that one caps buffer limits at 1 GiB and
+ * would not tell which of the model's required limits the adapter misses.
+ */
+export async function requestDevice(requiredLimits = {}) {
+  if (globalThis.navigator?.gpu === undefined) {
+    throw new WebGPUUnavailable(`WebGPU is unavailable in this browser (no navigator.gpu). ${ADVICE}`);
+  }
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (adapter === null) {
+    throw new WebGPUUnavailable(`WebGPU is unavailable: the browser offers no GPU adapter. ${ADVICE}`);
+  }
+  for (const [name, need] of Object.entries(requiredLimits)) {
+    if (!(adapter.limits[name] >= need)) {
+      throw new WebGPUUnavailable(`This GPU's WebGPU limit ${name} is ${adapter.limits[name]}, `
+        + `but the model needs ${need}. Try a GPU with more memory or a smaller model.`);
+    }
+  }
+  // Ask for the adapter's full limits where kernels or weights may need them (the defaults are
+  // small, e.g. 128 MiB bindings, 8 storage buffers per stage).
+  const names = ["maxBufferSize", "maxStorageBufferBindingSize", "maxStorageBuffersPerShaderStage",
+    "maxComputeWorkgroupStorageSize", "maxComputeInvocationsPerWorkgroup", "maxComputeWorkgroupSizeX",
+    "maxComputeWorkgroupSizeY", "maxComputeWorkgroupSizeZ"];
+  return adapter.requestDevice({
+    requiredLimits: Object.fromEntries(names.map((n) => [n, adapter.limits[n]])),
+    requiredFeatures: ["shader-f16"].filter((f) => adapter.features.has(f)),
+  });
+}
+
+/** One compiled component: a tvmjs instance with its VM and weights on the GPU. */
+async function loadComponent(baseUrl, device, name, spec) {
+  const wasm = await (await fetchOk(new URL(spec.wasm, baseUrl))).arrayBuffer();
+  const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), console.log);
+  tvm.initWebGPU(device);
+  tvm.beginScope(); // the outermost scope: keeps the VM and the weights alive with the page
+  const dev = tvm.webgpu();
+  const vm = tvm.createVirtualMachine(dev);
+  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule()); // compiles every WGSL kernel
+  // The shards are in the cache already (ensureWeights), so this only reads and uploads them.
+  await tvm.fetchTensorCache(paramsUrl(baseUrl, spec), dev, CACHE_SCOPE);
+  const params = tvm.getParamsFromCache(name, spec.num_params);
+  // Relax `main` takes the inputs, then every weight as its own argument.
+  const weights = Array.from({ length: params.size() }, (_, i) => params.get(i));
+  const main = vm.getFunction("main");
+
+  /** Run main on typed arrays (one per manifest input); returns the output as a typed array. */
+  return async function call(...inputs) {
+    tvm.beginScope(); // everything made for this call is freed at endScope
+    try {
+      const args = spec.inputs.map((s, i) => tvm.empty(s.shape, s.dtype, dev).copyFrom(inputs[i]));
+      const out = main(...args, ...weights).get(0); // main returns a 1-tuple
+      const host = tvm.empty(out.shape, out.dtype, tvm.cpu()).copyFrom(out);
+      await dev.sync();
+      return host.toArray(); // a copy, valid after the scope ends
+    } finally {
+      tvm.endScope();
+    }
+  };
+}
+
+/**
+ * Load the model served at `baseUrl` (the dist folder). Options: onWeightsProgress(loaded,
+ * total) in bytes, onStatus(text), manifest (if already fetched).
+ */
+export async function loadPipeline(baseUrl, { onWeightsProgress, onStatus = () => {}, manifest } = {}) {
+  baseUrl = new URL(baseUrl, document.baseURI).href;
+  manifest ??= await loadManifest(baseUrl);
+  const device = await requestDevice(manifest.required_limits); // fail early, before downloads
+  await Promise.all([
+    loadScript(new URL("vendor/tvmjs.js", baseUrl).href, "tvmjs"),
+    loadScript(new URL("vendor/spark-md5.js", baseUrl).href, "SparkMD5"),
+  ]);
+  const tokenizer = await loadTokenizer(new URL("tokenizer/", baseUrl));
+
+  onStatus("Downloading weights…");
+  await ensureWeights(baseUrl, manifest.components, CACHE_SCOPE, onWeightsProgress);
+  const run = {};
+  for (const [name, spec] of Object.entries(manifest.components)) {
+    onStatus(`Compiling ${name} shaders and loading its weights…`);
+    run[name] = await loadComponent(baseUrl, device, name, spec);
+  }
+  const canGenerate = ["text_encoder", "unet", "vae_decoder"].every((c) => c in run);
+  const schedulers = canGenerate ? await (await fetchOk(new URL("schedulers.json", baseUrl))).json() : {};
+
+  // One GPU job at a time: each tvmjs instance has a single scope stack, and calls overlapping
+  // across awaits would interleave it.
+  let queue = Promise.resolve();
+  const serial = (job) => {
+    const result = queue.then(job);
+    queue = result.catch(() => {});
+    return result;
+  };
+
+  const encodeNow = (prompt) => run.text_encoder(tokenizer.encode(prompt));
+
+  async function generateNow(options) {
+    const o = { ...manifest.defaults, ...options };
+    o.negativePrompt = options.negativePrompt ?? manifest.defaults.negative_prompt ?? "";
+    if (!canGenerate) throw new Error("this build has only the text encoder: it cannot generate images");
+    if (!Number.isInteger(o.steps) || o.steps < 1 || o.steps > manifest.max_steps) {
+      throw new Error(`steps must be an integer from 1 to ${manifest.max_steps}, got ${o.steps}`);
+    }
+    if (!Number.isInteger(o.seed)) throw new Error(`seed must be an integer, got ${o.seed}`);
+    const plan = schedulers[o.scheduler]?.[String(o.steps)];
+    if (plan === undefined) throw new Error(`unknown scheduler ${o.scheduler} (${manifest.schedulers.join(", ")})`);
+
+    // Unconditional (negative prompt) first, as diffusers concatenates them.
+    const uncond = await encodeNow(o.negativePrompt);
+    const cond = await encodeNow(o.prompt);
+    const embeddings = new Float32Array(uncond.length * 2);
+    embeddings.set(uncond, 0);
+    embeddings.set(cond, uncond.length);
+
+    const latents = randn(o.seed, manifest.latent_shape);
+    const batch = new Float32Array(latents.length * 2);
+    const predictNoise = (x, timestep) => {
+      batch.set(x, 0);
+      batch.set(x, x.length);
+      return run.unet(batch, Float32Array.of(timestep), embeddings);
+    };
+    const final = await denoise({ plan, latents, guidance: o.guidance, predictNoise, onStep: o.onStep });
+    const image = await run.vae_decoder(final); // [1, 3, H, W] in [0, 1]
+
+    const { height, width } = manifest.image;
+    const pixels = new Uint8ClampedArray(width * height * 4);
+    const plane = width * height;
+    for (let p = 0; p < plane; p++) {
+      for (let c = 0; c < 3; c++) pixels[4 * p + c] = Math.round(image[c * plane + p] * 255);
+      pixels[4 * p + 3] = 255;
+    }
+    return { pixels, width, height };
+  }
+
+  return {
+    manifest,
+    canGenerate,
+    components: Object.keys(run),
+    /** Embeddings [1, max_length, D] of one prompt, as a flat Float32Array. */
+    encode: (prompt) => serial(() => encodeNow(prompt)),
+    /** {prompt, negativePrompt, seed, steps, scheduler, guidance, onStep(i, n)} -> RGBA pixels. */
+    generate: (options = {}) => serial(() => generateNow(options)),
+  };
+}
