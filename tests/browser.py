@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 TVMJS = Path(__file__).resolve().parent.parent / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
@@ -55,7 +54,7 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium: apt-get install chromium")
+        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install chromium (install.sh does)")
     with sync_playwright() as playwright:
         # `playwright install` cannot download browsers here, so use the system one.
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -63,12 +62,6 @@ def chromium():
             yield browser
         finally:
             browser.close()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 def run_page(browser, url: str, timeout_s: float = 300) -> Any:

@@ -52,6 +52,16 @@ def write_config(path: Path, changes: dict, base: Path = DEFAULT_CONFIG) -> Path
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (with WebGPU) for the whole session: Playwright's sync API allows
+    only one running instance per process."""
+    from browser import chromium
+
+    with chromium() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
 def default_build() -> Path:
     """The default config, fully built (once per test session)."""
     doit(f"config={DEFAULT_CONFIG}", "dist")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser import CHROMIUM, CHROMIUM_ARGS, browser  # noqa: F401 (browser: a fixture)
+from browser import CHROMIUM, CHROMIUM_ARGS
 from conftest import DEFAULT_CONFIG, SCRATCH, doit
 from test_native import NEGATIVE, PROMPT, diffusers_image
 from stages.make_model import model_dir
@@ -87,7 +87,7 @@ def copy_dist(src: Path, dst: Path) -> Path:
 class Page:
     """A page in its own browser context (its own Cache API), logging console and shard requests."""
 
-    def __init__(self, browser, url: str):  # noqa: F811
+    def __init__(self, browser, url: str):
         self.context = browser.new_context()
         self.page = self.context.new_page()
         self.log: list[str] = []
@@ -142,7 +142,7 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def default_page(browser, default_dist: Path):  # noqa: F811
+def default_page(browser, default_dist: Path):
     with serve(default_dist) as url:
         start = time.perf_counter()
         page = Page(browser, url)
@@ -195,7 +195,7 @@ def test_reload_uses_cached_weights(default_page: Page) -> None:
     assert maximum > 1 and value == maximum
 
 
-def test_text_encoder_only(browser, text_encoder_dist: Path) -> None:  # noqa: F811
+def test_text_encoder_only(browser, text_encoder_dist: Path) -> None:
     import torch
     from transformers import CLIPTokenizer
 
@@ -222,7 +222,7 @@ def test_text_encoder_only(browser, text_encoder_dist: Path) -> None:  # noqa: F
             page.close()
 
 
-def test_without_webgpu_flag(browser, default_dist: Path) -> None:  # noqa: F811
+def test_without_webgpu_flag(browser, default_dist: Path) -> None:
     args = [a for a in CHROMIUM_ARGS if a != "--enable-unsafe-webgpu"]
     plain = browser.browser_type.launch(executable_path=str(CHROMIUM), args=args)
     try:
@@ -236,7 +236,7 @@ def test_without_webgpu_flag(browser, default_dist: Path) -> None:  # noqa: F811
         plain.close()
 
 
-def test_corrupt_shard(browser, default_dist: Path) -> None:  # noqa: F811
+def test_corrupt_shard(browser, default_dist: Path) -> None:
     dist = copy_dist(default_dist, SCRATCH / "dist-corrupt")
     shard = dist / "params" / "unet" / "params_shard_0.bin"
     data = bytearray(shard.read_bytes())
@@ -253,7 +253,7 @@ def test_corrupt_shard(browser, default_dist: Path) -> None:  # noqa: F811
             page.close()
 
 
-def test_missing_shard(browser, default_dist: Path) -> None:  # noqa: F811
+def test_missing_shard(browser, default_dist: Path) -> None:
     dist = copy_dist(default_dist, SCRATCH / "dist-missing")
     (dist / "params" / "vae_decoder" / "params_shard_0.bin").unlink()
     with serve(dist) as url:
@@ -310,7 +310,7 @@ console.log(JSON.stringify(mismatches));
     assert json.loads(result.stdout) == []
 
 
-def test_gpu_limits_too_small(browser, default_dist: Path) -> None:  # noqa: F811
+def test_gpu_limits_too_small(browser, default_dist: Path) -> None:
     dist = copy_dist(default_dist, SCRATCH / "dist-limits")
     manifest = json.loads((dist / "manifest.json").read_text())
     manifest["required_limits"]["maxStorageBufferBindingSize"] = 1 << 45

@@ -20,7 +20,7 @@ from tvm.script import relax as R
 from stages.build_runtime import build_runtime, runtime_dir
 from websd.wasm import RUNTIME_OBJECTS, export_wasm
 
-from browser import TVMJS, browser, http_server, run_page  # noqa: F401 (browser: a fixture)
+from browser import TVMJS, http_server, run_page
 
 TARGET = tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
 
@@ -102,7 +102,7 @@ def test_export_refuses_executable_without_webgpu(tmp_path, runtime):
     assert not (tmp_path / "model.wasm").exists()
 
 
-def test_wasm_runs_in_chromium(tmp_path, runtime, browser):  # noqa: F811
+def test_wasm_runs_in_chromium(tmp_path, runtime, browser):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 64), dtype=np.float32)
     w = rng.standard_normal((64, 32), dtype=np.float32) * 0.2
