@@ -8,6 +8,8 @@ those come from the TVM tree vendored in the PyPI sdist of tilelang, pinned by s
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,9 +18,6 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-
-import tvm
-import tvm_ffi
 
 from websd.atomic import atomic_path
 from websd.wasm import RUNTIME_BITCODE, RUNTIME_OBJECTS
@@ -58,7 +57,8 @@ class NVTXScopedRange {
 def runtime_dir() -> Path:
     """The cache folder holding the runtime bitcode for the installed TVM version."""
     cache = Path(os.environ.get("WEBSD_CACHE") or Path.home() / ".cache" / "websd")
-    return cache / "tvm-web-runtime" / f"{tvm.__version__}-tilelang{TILELANG_VERSION}"
+    tvm_version = importlib.metadata.version("apache-tvm")  # without importing TVM: dodo.py stays quick
+    return cache / "tvm-web-runtime" / f"{tvm_version}-tilelang{TILELANG_VERSION}"
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -83,8 +83,8 @@ def _download_sdist(dest: Path) -> Path:
 
 def _stage_tree(root: Path, sdist: Path) -> None:
     """Lay out the TVM source tree that web/Makefile expects (it includes relative to web/..)."""
-    tvm_root = Path(tvm.__file__).parent
-    ffi_root = Path(tvm_ffi.__file__).parent
+    tvm_root = Path(importlib.util.find_spec("tvm").origin).parent
+    ffi_root = Path(importlib.util.find_spec("tvm_ffi").origin).parent
     skip = shutil.ignore_patterns("__pycache__")
     shutil.copytree(tvm_root / "web" / "emcc", root / "web" / "emcc", ignore=skip)
     shutil.copy(tvm_root / "web" / "Makefile", root / "web" / "Makefile")

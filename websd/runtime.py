@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-NATIVE_TARGETS = ("llvm", "cuda")
+from .targets import NATIVE as NATIVE_TARGETS
 
 
 class NotBuiltError(FileNotFoundError):

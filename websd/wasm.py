@@ -8,8 +8,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tvm.contrib.tvmjs import create_tvmjs_wasm
-
 from websd.atomic import atomic_path
 
 # The runtime bitcode create_tvmjs_wasm links into every model, by the names it looks for.
@@ -60,6 +58,8 @@ def _tvm_home(runtime_dir: Path) -> Iterator[None]:
 
 
 def _create_wasm(output, objects, **kwargs):
+    from tvm.contrib.tvmjs import create_tvmjs_wasm
+
     return create_tvmjs_wasm(output, objects, options=LINK_OPTIONS)
 
 
