@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from stages.task import WEBSD_DIR, stage_task
+from stages.task import stage_task
 from websd import relax_io
 from websd.atomic import write_text
 from websd.config import Config

@@ -25,7 +25,7 @@ from browser import TVMJS, http_server, run_page
 TARGET = tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
 
 
-# Weights come as one tuple argument (as the real components take them) from the tensor cache.
+# Weights come from the tensor cache, here as one tuple argument (getParamsFromCache gives a TVMArray).
 @I.ir_module
 class Model:
     @R.function
