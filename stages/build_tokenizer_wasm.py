@@ -15,11 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-from stages.make_model import model_dir
 from stages.task import stage_task
 from websd.atomic import atomic_path
 from websd.config import Config
-from websd.paths import ROOT, Layout
+from websd.paths import ROOT, Layout, model_folder
 
 WEB_TOKENIZERS = ROOT / "web" / "node_modules" / "@mlc-ai" / "web-tokenizers"
 BUNDLE = WEB_TOKENIZERS / "lib" / "index.js"
@@ -63,7 +62,7 @@ def build_tokenizer_wasm(model_dir: Path, out_dir: Path) -> None:
 def task(config: Config, layout: Layout) -> dict:
     return stage_task(
         doc="tokenizer.json + Hugging Face tokenizers compiled to wasm, for the page",
-        action=(lambda: build_tokenizer_wasm(model_dir(layout.model), layout.tokenizer)),
+        action=(lambda: build_tokenizer_wasm(model_folder(layout.model), layout.tokenizer)),
         file_dep=[layout.model, BUNDLE],
         targets=[layout.tokenizer / name for name in OUTPUTS],
         options={"web-tokenizers": web_tokenizers_version()},

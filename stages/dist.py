@@ -19,12 +19,11 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.make_model import model_dir
 from stages.task import WEBSD_DIR, stage_task
 from websd import schedulers
 from websd.atomic import atomic_path
 from websd.config import Config
-from websd.paths import DIST, ROOT, Layout
+from websd.paths import DIST, ROOT, Layout, model_folder
 
 WEB = ROOT / "web"
 PAGE = [WEB / "index.html", *sorted((WEB / "src").glob("*.js"))]
@@ -50,7 +49,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 def manifest(config: Config, layout: Layout, components: list[str], max_steps: int) -> dict:
     from websd.components import LATENT_CHANNELS, VAE_SCALE, signature
 
-    model = model_dir(layout.model)
+    model = model_folder(layout.model)
     entries, largest = {}, 0
     for component in components:
         records = json.loads((layout.tensor_cache(component) / "tensor-cache.json").read_text())["records"]
@@ -87,7 +86,7 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: i
 def scheduler_plans(config: Config, layout: Layout, max_steps: int) -> dict:
     from websd.generate import scheduler_config
 
-    scheduler = scheduler_config(model_dir(layout.model))
+    scheduler = scheduler_config(model_folder(layout.model))
     return {
         name: {str(n): [step.to_json() for step in schedulers.plan(name, scheduler, n)] for n in range(1, max_steps + 1)}
         for name in config.schedulers

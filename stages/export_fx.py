@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages import make_model
 from stages.task import WEBSD_DIR, stage_task
 from websd.atomic import atomic_path
 from websd.config import Config
-from websd.paths import Layout
+from websd.paths import Layout, model_folder
 
 
 def export_fx(model_json: Path, component: str, height: int, width: int, out_path: Path) -> None:
@@ -16,7 +15,7 @@ def export_fx(model_json: Path, component: str, height: int, width: int, out_pat
 
     from websd.components import example_inputs, load_component, signature
 
-    model = make_model.model_dir(model_json)
+    model = model_folder(model_json)
     module = load_component(component, model)
     inputs = example_inputs(signature(component, model, height, width))
     print(f"export_fx: {component} with inputs {[tuple(x.shape) for x in inputs]}")

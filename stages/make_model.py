@@ -57,11 +57,6 @@ def make_model(config: Config, layout: Layout) -> None:
     write_text(layout.model, json.dumps(record, indent=1))
 
 
-def model_dir(model_json: Path) -> Path:
-    """The pipeline folder named by make_model's output."""
-    return Path(json.loads(Path(model_json).read_text())["path"])
-
-
 def task(config: Config, layout: Layout) -> dict:
     random = config.model["source"] == "random"
     return stage_task(

@@ -25,9 +25,8 @@ import pytest
 from browser import CHROMIUM, CHROMIUM_ARGS
 from conftest import DEFAULT_CONFIG, SCRATCH, doit
 from test_native import NEGATIVE, PROMPT, diffusers_image
-from stages.make_model import model_dir
 from websd.config import load_config
-from websd.paths import ROOT, Layout
+from websd.paths import ROOT, Layout, model_folder
 
 LOAD_TIMEOUT_MS = 600_000  # downloads plus compiling every WGSL kernel on SwiftShader
 GENERATE_TIMEOUT_MS = 600_000
@@ -158,7 +157,7 @@ def default_page(browser, default_dist: Path):
 def reference():
     """diffusers' image for the default model, per scheduler."""
     config = load_config(DEFAULT_CONFIG)
-    model = model_dir(Layout(config.name).model)
+    model = model_folder(Layout(config.name).model)
     return lambda scheduler, seed: diffusers_image(model, scheduler, seed, config.height, config.width)
 
 
@@ -204,7 +203,7 @@ def test_text_encoder_only(browser, text_encoder_dist: Path) -> None:
 
     manifest = json.loads((text_encoder_dist / "manifest.json").read_text())
     assert list(manifest["components"]) == ["text_encoder"]
-    model = model_dir(Layout(load_config(DEFAULT_CONFIG).name).model)
+    model = model_folder(Layout(load_config(DEFAULT_CONFIG).name).model)
     tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
     encoder = load_component("text_encoder", model)
     with serve(text_encoder_dist) as url:
@@ -272,7 +271,7 @@ def test_scheduler_js_matches_numpy(default_build: Path, tmp_path: Path) -> None
 
     if shutil.which("node") is None:
         pytest.skip("needs node")
-    config = scheduler_config(model_dir(Layout(load_config(DEFAULT_CONFIG).name).model))
+    config = scheduler_config(model_folder(Layout(load_config(DEFAULT_CONFIG).name).model))
     rng = np.random.default_rng(0)
     shape, guidance = (1, 4, 8, 8), 7.5
     cases = []

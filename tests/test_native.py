@@ -14,10 +14,9 @@ from diffusers import DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusio
 from PIL import Image
 
 from conftest import DEFAULT_CONFIG, doit, write_config
-from stages.make_model import model_dir
 from websd.components import example_inputs, load_component, signature
 from websd.config import load_config
-from websd.paths import Layout
+from websd.paths import Layout, model_folder
 from websd.runtime import Component
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
@@ -54,7 +53,7 @@ def websd_image(config: Path, scheduler: str, seed: int, out: Path) -> np.ndarra
 def assert_same_image(config: Path, scheduler: str, seed: int, tmp_path: Path) -> None:
     loaded = load_config(config)
     ours = websd_image(config, scheduler, seed, tmp_path / f"{scheduler}.png")
-    reference = diffusers_image(model_dir(Layout(loaded.name).model), scheduler, seed, loaded.height, loaded.width)
+    reference = diffusers_image(model_folder(Layout(loaded.name).model), scheduler, seed, loaded.height, loaded.width)
     assert ours.shape == reference.shape == (loaded.height, loaded.width, 3)
     assert reference.std() > 10  # a real image, not a flat one
     assert np.abs(ours.astype(int) - reference).max() <= 2
@@ -69,7 +68,7 @@ def test_generate_matches_diffusers(default_build: Path, scheduler: str, tmp_pat
 def test_component_matches_pytorch(default_build: Path, component: str) -> None:
     config = load_config(default_build)
     layout = Layout(config.name)
-    model = model_dir(layout.model)
+    model = model_folder(layout.model)
     module = load_component(component, model)
     torch.manual_seed(1)
     inputs = example_inputs(signature(component, model, config.height, config.width))

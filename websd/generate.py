@@ -14,7 +14,7 @@ import numpy as np
 from . import schedulers
 from .components import LATENT_CHANNELS, VAE_SCALE
 from .config import Config
-from .paths import Layout
+from .paths import Layout, model_folder
 from .runtime import Component, NotBuiltError
 from .tokenizer import token_ids
 
@@ -56,11 +56,9 @@ class Generator:
     def __init__(self, config: Config, layout: Layout, target: str):
         from transformers import CLIPTokenizer
 
-        from stages.make_model import model_dir
-
         if not layout.model.exists():
             raise NotBuiltError(layout.model)
-        model = model_dir(layout.model)
+        model = model_folder(layout.model)
         self.tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
         self.scheduler_config = scheduler_config(model)
         self.latent_shape = (1, LATENT_CHANNELS, config.height // VAE_SCALE, config.width // VAE_SCALE)

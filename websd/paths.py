@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Overridable so tests can build into a scratch folder.
 BUILD = Path(os.environ.get("WEBSD_BUILD", ROOT / "build"))
 DIST = Path(os.environ.get("WEBSD_DIST", ROOT / "dist"))
+
+
+def model_folder(model_json: Path) -> Path:
+    """The diffusers pipeline folder that make_model's model.json names."""
+    return Path(json.loads(Path(model_json).read_text())["path"])
 
 
 def library_suffix(target: str) -> str:
