@@ -48,6 +48,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def manifest(config: Config, layout: Layout, components: list[str], max_steps: int) -> dict:
     from websd.components import LATENT_CHANNELS, VAE_SCALE, signature
+    from websd.tokenizer import MAX_LENGTH
 
     model = model_folder(layout.model)
     entries, largest = {}, 0
@@ -65,7 +66,7 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: i
         "name": config.name,
         "image": {"height": config.height, "width": config.width},
         "latent_shape": [1, LATENT_CHANNELS, config.height // VAE_SCALE, config.width // VAE_SCALE],
-        "max_length": 77,
+        "max_length": MAX_LENGTH,
         "history": schedulers.HISTORY,
         "max_steps": max_steps,
         "schedulers": config.schedulers,

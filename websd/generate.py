@@ -13,7 +13,7 @@ import numpy as np
 
 from . import schedulers
 from .components import LATENT_CHANNELS, VAE_SCALE
-from .config import Config
+from .config import COMPONENTS, Config
 from .paths import Layout, model_folder
 from .runtime import Component, NotBuiltError
 from .tokenizer import token_ids
@@ -64,7 +64,7 @@ class Generator:
         self.latent_shape = (1, LATENT_CHANNELS, config.height // VAE_SCALE, config.width // VAE_SCALE)
         self.text_encoder, self.unet, self.vae_decoder = (
             Component(name, layout.library(name, target), layout.tensor_cache(name), target)
-            for name in ("text_encoder", "unet", "vae_decoder")
+            for name in COMPONENTS
         )
 
     def __call__(self, prompt: str, negative_prompt: str, seed: int, steps: int, scheduler: str, guidance: float):
