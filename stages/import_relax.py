@@ -1,14 +1,15 @@
 """Stage import_relax: the exported program as a Relax IRModule, weights split off.
 
 The module's `main` takes the component's inputs followed by its weights; the weights go
-to params.npz in that order (shard_params turns them into the browser's tensor cache).
+to params.npz in that order, under their PyTorch names (the importer takes them in the order
+of the program's `named_parameters()`), which shard_params turns into the browser's tensor cache.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.task import stage_task
+from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
 from websd.paths import Layout
@@ -46,8 +47,12 @@ def import_relax(exported: Path, module_out: Path, params_out: Path) -> None:
         )
     mod, params = relax.frontend.detach_params(mod)
     weights = params["main"]
+    named = list(program.named_parameters())
+    if [tuple(p.shape) for _, p in named] != [tuple(w.shape) for w in weights]:
+        raise RuntimeError(f"{exported}: the imported weights do not follow the program's parameters")
+    names = [name for name, _ in named]
     print(f"import_relax: {exported.parent.name}: {len(weights)} weight tensors")
-    relax_io.save_params([w.numpy() for w in weights], params_out)
+    relax_io.save_params({name: w.numpy() for name, w in zip(names, weights)}, params_out)
     relax_io.save_module(mod, module_out)
 
 
@@ -61,5 +66,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),
-            sources=(__file__,),
+            sources=(__file__, WEBSD_DIR / "relax_io.py"),
         )

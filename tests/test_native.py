@@ -14,6 +14,7 @@ from diffusers import DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusio
 from PIL import Image
 
 from conftest import DEFAULT_CONFIG, doit, write_config
+from websd import relax_io
 from websd.components import example_inputs, load_component, signature
 from websd.config import load_config
 from websd.paths import Layout, model_folder
@@ -78,6 +79,23 @@ def test_component_matches_pytorch(default_build: Path, component: str) -> None:
     compiled = Component(component, layout.library(component, "llvm"), layout.tensor_cache(component), "llvm")
     got = compiled(*(x.numpy() for x in inputs))
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_tensor_cache_names_each_weight(default_build: Path, component: str) -> None:
+    """The cache's metadata names each weight after the PyTorch parameter it is: weights of the
+    same architecture can be dropped in without a rebuild (the GPU benchmark does)."""
+    import tvm
+    from tvm.contrib import tvmjs
+
+    layout = Layout(load_config(default_build).name)
+    cache = layout.tensor_cache(component)
+    weights, _ = tvmjs.load_tensor_cache(str(cache), tvm.cpu())
+    parameters = dict(load_component(component, model_folder(layout.model)).named_parameters())
+    names = relax_io.tensor_cache_param_names(cache)
+    assert len(names) == len(weights) == len(parameters)
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(weights[f"{component}_{i}"].numpy(), parameters[name].numpy())
 
 
 def test_memory_report(default_build: Path) -> None:

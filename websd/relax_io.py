@@ -1,7 +1,8 @@
-"""Relax modules and weight lists on disk, in the forms the stages hand each other."""
+"""Relax modules and weights on disk, in the forms the stages (and the runners) hand each other."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,31 @@ def load_module(path: Path):
     return tvm.ir.load_json(Path(path).read_text())
 
 
-def save_params(params: list[np.ndarray], path: Path) -> None:
-    """Weights in the order the module's `main` takes them."""
+def save_params(params: dict[str, np.ndarray], path: Path) -> None:
+    """Weights by their PyTorch names, in the order the module's `main` takes them."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz"
-            np.savez(f, *params)
+            np.savez(f, **params)
 
 
-def load_params(path: Path) -> list[np.ndarray]:
+def load_params(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as archive:
-        return [archive[f"arr_{i}"] for i in range(len(archive.files))]
+        return {name: archive[name] for name in archive.files}  # the archive keeps the order
+
+
+def save_tensor_cache(component: str, params: dict[str, np.ndarray], out_dir: Path, shard_cap_mb: int, encode_format: str) -> None:
+    """tvmjs's tensor cache: weights named `<component>_<i>` in `main`'s order (`params` is
+    PyTorch name -> array in that order); the metadata keeps the PyTorch names."""
+    from tvm.contrib import tvmjs
+
+    indexed = {f"{component}_{i}": p for i, p in enumerate(params.values())}
+    with atomic_path(out_dir) as tmp:
+        tvmjs.dump_tensor_cache(
+            indexed, str(tmp), encode_format=encode_format, meta_data={"param_names": list(params)},
+            shard_cap_mb=shard_cap_mb, show_progress=False,
+        )
+
+
+def tensor_cache_param_names(cache_dir: Path) -> list[str]:
+    """The PyTorch name of each weight of a tensor cache, in `main`'s order."""
+    return json.loads((Path(cache_dir) / "tensor-cache.json").read_text())["metadata"]["param_names"]

@@ -26,14 +26,14 @@ class Component:
 
     def __init__(self, name: str, library: Path, tensor_cache: Path, target: str):
         import tvm
-        from tvm import relax
         from tvm.contrib import tvmjs
+        from tvm.runtime.vm import VirtualMachine  # relax.VirtualMachine, without the compiler
 
         for path in (library, tensor_cache / "tensor-cache.json"):
             if not path.exists():
                 raise NotBuiltError(path)
         self.device = device(target)
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(library)), self.device)
         weights, _ = tvmjs.load_tensor_cache(str(tensor_cache), self.device)
         self.weights = [weights[f"{name}_{i}"] for i in range(len(weights))]
 
