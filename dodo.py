@@ -1,7 +1,8 @@
 """The websd build graph: `doit list` shows it, `doit dist` builds it.
 
     make_model -> export_fx -> import_relax -> legalize -> apply_db -> memory_plan -> build
-                                            \\-> shard_params
+                                            \\-> shard_params      ^
+                                     legalize -> (doit tune) -> tuning_db/
 
 One sub-task per component (and per target from apply_db on). Pick a config with
 `doit config=config/<name>.yaml <task>`; each config keeps its own build/<name>/ tree
@@ -25,6 +26,7 @@ from stages import (
     make_model,
     memory_plan,
     shard_params,
+    tune,
 )
 from websd.config import ConfigError, load_config
 from websd.paths import DIST, Layout
@@ -68,6 +70,12 @@ def task_legalize():
 def task_apply_db():
     """tuned schedules from tuning_db/, default schedules for the rest"""
     yield from apply_db.tasks(CONFIG, LAYOUT)
+
+
+def task_tune():
+    """MetaSchedule on the GPU for the heaviest kernels -> tuning_db/ (run on purpose)"""
+    if "tune" in CONFIG.raw["stages"]:
+        return tune.task(CONFIG, LAYOUT)
 
 
 def task_memory_plan():
@@ -117,7 +125,8 @@ def task_dist():
 
 def task_text_encoder_only():
     """only the text encoder's chain (and a dist/ holding only it)"""
-    return _bundle(["text_encoder"], task_text_encoder_only.__doc__)
+    if "text_encoder" in CONFIG.components:
+        return _bundle(["text_encoder"], task_text_encoder_only.__doc__)
 
 
 def task_serve():

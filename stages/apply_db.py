@@ -1,7 +1,8 @@
 """Stage apply_db: a schedule for every kernel, per target.
 
-Kernels found in the MetaSchedule database `<database>/<target>/` get their tuned schedule;
-on GPU targets the rest get dlight's default GPU schedules (without any, a webgpu build
+Kernels found in the MetaSchedule database get their tuned schedule: `<database>/<target>/`,
+where webgpu replays cuda's (websd.targets.TUNED_ON; records match kernels by structure).
+On GPU targets the rest get dlight's default GPU schedules (without any, a webgpu build
 silently puts every kernel on the wasm host). On llvm, dlight's CPU rules where they apply.
 """
 
@@ -12,15 +13,13 @@ from pathlib import Path
 from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
-from websd.paths import Layout
-from websd.targets import is_gpu, tvm_target
-
-DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+from websd.paths import TUNING_DATABASE_FILES, Layout
+from websd.targets import TUNED_ON, is_gpu, tvm_target
 
 
 def database_files(database: Path, target: str) -> list[Path]:
-    """The target's tuning database, if one has been committed."""
-    files = [database / target / name for name in DATABASE_FILES]
+    """The tuning database the target replays, if one has been committed."""
+    files = [database / TUNED_ON[target] / name for name in TUNING_DATABASE_FILES]
     return files if all(f.is_file() for f in files) else []
 
 
@@ -32,19 +31,44 @@ def default_schedule_rules(target: str) -> list:
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
+def scheduled_kernels(mod) -> list:
+    import tvm
+
+    return [gv for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and "tirx.is_scheduled" in (f.attrs or {})]
+
+
+def keep_compiling(tuned, untuned, target: str):
+    """Undo the tuned schedules that do not compile for `target`. A record tuned on CUDA can
+    still fail WebGPU's codegen (e.g. its buffer vector-type rewrite, for some vectorized
+    loads); those kernels get the default schedules instead."""
+    import tvm
+
+    for gv in scheduled_kernels(tuned):
+        try:
+            tvm.compile(tvm.IRModule({"main": tuned[gv].with_attr("global_symbol", "main")}), target=tvm_target(target))
+        except Exception as error:  # TVM raises its own InternalError/ValueError kinds
+            reason = str(error).strip().splitlines()[-1]
+            print(f"apply_db: {gv.name_hint}: the tuned schedule does not compile for {target} ({reason}); default schedule instead")
+            tuned[gv] = untuned[gv.name_hint]
+    return tuned
+
+
 def apply_db(module_in: Path, target: str, database: list[Path], default_schedules: bool, module_out: Path) -> None:
     from tvm import relax
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     mod = relax_io.load_module(module_in)
+    from_database = 0
     with tvm_target(target):
         if database:
             with JSONDatabase(*map(str, database), allow_missing=False):
-                mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+                tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+            mod = keep_compiling(tuned, mod, target)
+            from_database = len(scheduled_kernels(mod))
         if default_schedules:
             mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target))(mod)
-    tuned = "tuned database" if database else "no tuning database"
+    tuned = f"{from_database} kernels from the tuning database" if database else "no tuning database"
     print(f"apply_db: {module_in.parent.name}@{target}: {tuned}, default schedules {'on' if default_schedules else 'off'}")
     relax_io.save_module(mod, module_out)
 

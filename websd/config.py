@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .targets import TUNABLE
+
 COMPONENTS = ["text_encoder", "unet", "vae_decoder"]
 TARGETS = ["llvm", "cuda", "webgpu"]
 SCHEDULERS = ["dpm-solver", "pndm"]
@@ -100,6 +102,16 @@ SCHEMA = _object(
                     ["shard_cap_mb", "encode_format"],
                 ),
                 "dist": _object({"max_steps": {"type": "integer", "minimum": 1, "maximum": 1000}}, ["max_steps"]),
+                "tune": _object(
+                    {
+                        "component": {"enum": COMPONENTS},
+                        "target": {"enum": list(TUNABLE)},
+                        "kernels": {"type": "integer", "minimum": 1},
+                        "trials": {"type": "integer", "minimum": 1},
+                        "minutes": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                    ["component", "target", "kernels", "trials", "minutes"],
+                ),
             },
             ["export_fx", "import_relax", "legalize", "apply_db", "memory_plan", "build", "shard_params", "dist"],
         ),

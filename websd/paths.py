@@ -25,6 +25,10 @@ BUILD = Path(os.environ.get("WEBSD_BUILD", ROOT / "build"))
 DIST = Path(os.environ.get("WEBSD_DIST", ROOT / "dist"))
 
 
+# A MetaSchedule JSON database: the files of one tuning_db/<target>/ folder.
+TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
 def model_folder(model_json: Path) -> Path:
     """The diffusers pipeline folder that make_model's model.json names."""
     return Path(json.loads(Path(model_json).read_text())["path"])

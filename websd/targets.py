@@ -19,6 +19,26 @@ def tvm_target(name: str):
     raise ValueError(f"unknown target {name!r} (allowed: llvm, cuda, webgpu)")
 
 
+# Which tuning database each target replays (tuning_db/<name>/). WebGPU has no native runner
+# to tune on; it replays CUDA's records, which are tuned within WebGPU's limits (tuning_target).
+TUNED_ON = {"llvm": "llvm", "cuda": "cuda", "webgpu": "cuda"}
+TUNABLE = ("llvm", "cuda")
+
+
+def tuning_target(name: str, num_cores: int = 1):
+    """The target MetaSchedule tunes for. CUDA is held to WebGPU's default limits (256
+    invocations and 16 KiB of shared memory per workgroup) so that every schedule it keeps is
+    valid on any WebGPU device; records match kernels by structure, not by target."""
+    import tvm
+
+    if name == "cuda":
+        limits = {"max_threads_per_block": 256, "max_shared_memory_per_block": 16384, "thread_warp_size": 32}
+        return tvm.target.Target({"kind": "cuda", "arch": "sm_90", **limits}, host="llvm")
+    if name == "llvm":
+        return tvm.target.Target({"kind": "llvm", "num-cores": num_cores})
+    raise ValueError(f"cannot tune for {name!r} (allowed: {', '.join(TUNABLE)})")
+
+
 def is_gpu(name: str) -> bool:
     return name in ("cuda", "webgpu")
 
