@@ -25,7 +25,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--target {args.target!r}: {args.config} builds {', '.join(config.targets)}")
     start = time.perf_counter()
     try:
-        generator = Generator(config, Layout(config.name), args.target)
+        generator = Generator.for_config(config, Layout(config.name), args.target)
     except NotBuiltError as missing:
         print(f"websd: {missing} is not built yet: run `{rebuild}` first", file=sys.stderr)
         return 1

@@ -51,21 +51,26 @@ def scheduler_config(model: Path) -> dict:
 
 
 class Generator:
-    """The compiled pipeline of one config and target."""
+    """The compiled pipeline: three loaded components, with the tokenizer and scheduler config
+    of the diffusers pipeline folder they were built from."""
 
-    def __init__(self, config: Config, layout: Layout, target: str):
+    def __init__(self, model: Path, height: int, width: int, components: dict[str, Component]):
         from transformers import CLIPTokenizer
 
-        if not layout.model.exists():
-            raise NotBuiltError(layout.model)
-        model = model_folder(layout.model)
         self.tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
         self.scheduler_config = scheduler_config(model)
-        self.latent_shape = (1, LATENT_CHANNELS, config.height // VAE_SCALE, config.width // VAE_SCALE)
-        self.text_encoder, self.unet, self.vae_decoder = (
-            Component(name, layout.library(name, target), layout.tensor_cache(name), target)
-            for name in COMPONENTS
-        )
+        self.latent_shape = (1, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+        self.text_encoder, self.unet, self.vae_decoder = (components[name] for name in COMPONENTS)
+
+    @classmethod
+    def for_config(cls, config: Config, layout: Layout, target: str) -> Generator:
+        """The build of `config` for `target`."""
+        if not layout.model.exists():
+            raise NotBuiltError(layout.model)
+        components = {
+            name: Component(name, layout.library(name, target), layout.tensor_cache(name), target) for name in COMPONENTS
+        }
+        return cls(model_folder(layout.model), config.height, config.width, components)
 
     def __call__(self, prompt: str, negative_prompt: str, seed: int, steps: int, scheduler: str, guidance: float):
         timings = Timings()

@@ -1,0 +1,507 @@
+"""SD 1.5 at 512x512 on one GPU, in one run: our WebGPU build (tvmjs in Node on Dawn's Vulkan
+backend, default robustness and `disable_robustness`), our native CUDA build, and PyTorch
+diffusers (fp32 without TF32, fp32 with TF32, fp16) on the same card.
+
+For each: the UNet step at batch 2 (classifier-free guidance), the text encoder (one prompt),
+the VAE decode, a whole 20-step DPM-Solver generation, and peak GPU memory; the images of our
+builds against PyTorch fp32's. Every time is wall clock around a call that ends with a device
+sync, median of RUNS after WARMUP calls. Runs on the GPU machine through bench/gpu_bench.sh;
+writes gpu-bench.json, gpu-bench.md and gpu-bench.png into --out.
+
+    python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from websd.components import VAE_SCALE  # noqa: E402
+from websd.config import COMPONENTS  # noqa: E402
+
+RUNS, WARMUP = 20, 3
+STEPS, GUIDANCE, SCHEDULER = 20, 7.5, "dpm-solver"
+PROMPT, NEGATIVE_PROMPT = "a photo of an astronaut riding a horse on mars", ""
+TORCH_MODES = ("fp32-no-tf32", "fp32-tf32", "fp16")
+ROBUSTNESS = {"default": [], "disable_robustness": ["enable-dawn-features=disable_robustness"]}
+
+
+def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
+    for _ in range(warmup):
+        call()
+    sync()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        sync()
+        samples.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": round(statistics.median(samples), 3), "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3)}
+
+
+class PeakMemory:
+    """The card's peak used memory while a child process runs, above what was used before it
+    started (NVML; one engine runs at a time)."""
+
+    def __enter__(self):
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        self.baseline = self.peak = self.used()
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def used(self) -> int:
+        return self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.used())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.gib = round((self.peak - self.baseline) / 2**30, 2)
+
+
+def run_logged(command: list[str]) -> None:
+    """Run a command, its output passed through; on failure raise with the output's last lines
+    (the exact error goes into the results)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        tail = [*tail, line.rstrip()][-12:]
+    if process.wait() != 0:
+        raise RuntimeError(f"{Path(command[1]).name} exited with {process.returncode}: " + " | ".join(tail))
+
+
+# --- the shared inputs: model, weights in each build's order, token ids, the plan -------------
+
+
+def prepare(config: dict, carry: Path, work: Path) -> dict:
+    """The random-weight model from the config's seed (as make_model builds it), each
+    component's weights as a tensor cache in its build's order, the prompt's ids and the plan."""
+    from stages.make_model import make_random_model
+    from websd import relax_io, schedulers
+    from websd.components import load_component
+    from websd.generate import scheduler_config
+    from websd.tokenizer import token_ids
+    from transformers import CLIPTokenizer
+
+    model = work / "model"
+    if not model.exists():
+        started = time.perf_counter()
+        make_random_model(ROOT / "config" / config["model"]["architecture"], config["model"]["seed"], model)
+        print(f"prepare: random SD 1.5 from seed {config['model']['seed']} in {time.perf_counter() - started:.0f} s", flush=True)
+    for name in COMPONENTS:
+        names = relax_io.tensor_cache_param_names(carry / "params" / name)
+        weights = dict(load_component(name, model).named_parameters())
+        relax_io.save_tensor_cache(name, {n: weights[n].numpy() for n in names}, work / "params" / name, shard_cap_mb=512, encode_format="raw")
+    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
+    plan = schedulers.plan(SCHEDULER, scheduler_config(model), STEPS)
+    return {
+        "model": str(model),
+        "ids": [token_ids(tokenizer, text).tolist()[0] for text in (NEGATIVE_PROMPT, PROMPT)],
+        "plan": [step.to_json() for step in plan],
+        "seed": config["model"]["seed"],
+        "height": config["image"]["height"],
+        "width": config["image"]["width"],
+    }
+
+
+def signatures(inputs: dict) -> dict:
+    from websd.components import signature
+
+    return {name: signature(name, Path(inputs["model"]), inputs["height"], inputs["width"]) for name in COMPONENTS}
+
+
+# --- engines: each runs in a child process (python3 gpu_bench.py <engine> ...) ----------------
+
+
+def run_torch(mode: str, inputs: dict) -> dict:
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "fp32-tf32"
+    dtype = torch.float16 if mode == "fp16" else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(inputs["model"], torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    sig = signatures(inputs)
+    gen = torch.Generator("cuda").manual_seed(1)
+    rand = lambda spec: torch.randn(spec["shape"], generator=gen, device="cuda", dtype=dtype)  # noqa: E731
+    ids = torch.tensor(inputs["ids"][1:], device="cuda")
+    latents, embeddings = rand(sig["unet"]["inputs"][0]), rand(sig["unet"]["inputs"][2])
+    timestep = torch.tensor([500.0], device="cuda")
+    decode_in = rand(sig["vae_decoder"]["inputs"][0])
+    sync = torch.cuda.synchronize
+    result = {"torch": torch.__version__, "dtype": str(dtype)}
+    with torch.no_grad():
+        result["text_encoder"] = median_ms(lambda: pipe.text_encoder(ids), sync)
+        result["unet"] = median_ms(lambda: pipe.unet(latents, timestep, encoder_hidden_states=embeddings), sync)
+        result["vae_decoder"] = median_ms(lambda: pipe.vae.decode(decode_in / pipe.vae.config.scaling_factor), sync)
+
+    def generate():
+        generator = torch.Generator("cpu").manual_seed(inputs["seed"])
+        return pipe(PROMPT, negative_prompt=NEGATIVE_PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                    generator=generator, output_type="np").images[0]
+
+    result["generation"] = median_ms(generate, sync, runs=1, warmup=1)
+    image = (generate() * 255).round().astype(np.uint8)  # as diffusers' image processor rounds
+    result["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if mode == "fp32-no-tf32":
+        result["fp32_peak_tflops"] = fp32_matmul_tflops()
+    return result, image
+
+
+def fp32_matmul_tflops(n: int = 8192) -> float:
+    """The card's fp32 rate without tensor cores: a large matmul through cuBLAS, TF32 off."""
+    import torch
+
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    timing = median_ms(lambda: a @ b, torch.cuda.synchronize, runs=10, warmup=2)
+    return round(2 * n**3 / (timing["median_ms"] / 1000) / 1e12, 1)
+
+
+def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, cuda_include: str) -> dict:
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    from websd.generate import Generator
+    from websd.runtime import Component
+
+    enable_cuda(cuda_include)
+    started = time.perf_counter()
+    components = {name: Component(name, Path(libraries[name]), params / name, "cuda") for name in COMPONENTS}
+    result = {"load_s": round(time.perf_counter() - started, 1)}
+    sig = signatures(inputs)
+    rng = np.random.default_rng(1)
+
+    def timing(vm, component, spec) -> dict:
+        args = [tvm.runtime.tensor(random_input(rng, s), component.device) for s in spec["inputs"]]
+        if spec is sig["text_encoder"]:
+            args[0] = tvm.runtime.tensor(np.array(inputs["ids"][1:], np.int32), component.device)
+        main = vm["main"]
+        return median_ms(lambda: main(*args, *component.weights), component.device.sync)
+
+    for name in COMPONENTS:
+        result[name] = timing(components[name].vm, components[name], sig[name])
+    generator = Generator(Path(inputs["model"]), inputs["height"], inputs["width"], components)
+    run = lambda: generator(PROMPT, NEGATIVE_PROMPT, inputs["seed"], STEPS, SCHEDULER, GUIDANCE)  # noqa: E731
+    result["generation"] = median_ms(run, lambda: None, runs=1, warmup=1)
+    image, _ = run()
+    unet = components["unet"]
+    result["unet_variants"] = {
+        variant: timing(VirtualMachine(tvm.runtime.load_module(path), unet.device), unet, sig["unet"])
+        for variant, path in unet_variants.items()
+    }
+    return result, image
+
+
+def random_input(rng, spec: dict) -> np.ndarray:
+    if spec["dtype"] == "int32":
+        return rng.integers(0, 49408, spec["shape"]).astype(np.int32)
+    return rng.standard_normal(spec["shape"]).astype(spec["dtype"])
+
+
+def run_webgpu(robustness: str, node: Path, node_dir: Path, wasm: dict, unet_variants: dict, params: Path, inputs: dict,
+               work: Path, backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
+    """Our WebGPU build in Node: bench/webgpu_node.mjs with a spec. (Without a GPU, Dawn runs on
+    backend "opengl" with adapter_options {"featureLevel": "compatibility"}.)"""
+    sig = signatures(inputs)
+    counts = {name: len(json.loads((params / name / "tensor-cache.json").read_text())["metadata"]["param_names"]) for name in COMPONENTS}
+    spec = {
+        "webgpu_package": str(node_dir / "webgpu"),
+        "tvmjs": str(node_dir / "tvmjs.js"),
+        "dawn_options": [f"backend={backend}", *ROBUSTNESS[robustness]],
+        "adapter_options": adapter_options or {},
+        "components": {
+            name: {"wasm": wasm[name], "params": str(params / name), "num_params": counts[name], "inputs": sig[name]["inputs"]}
+            for name in COMPONENTS
+        },
+        "unet_variants": {variant: {"wasm": path} for variant, path in unet_variants.items()},
+        "ids": inputs["ids"], "plan": inputs["plan"], "guidance": GUIDANCE, "seed": inputs["seed"],
+        "latent_shape": sig["vae_decoder"]["inputs"][0]["shape"],
+        "runs": RUNS, "warmup": WARMUP, "generation_runs": 1,
+        "out": str(work / f"webgpu-{robustness}.json"), "image_out": str(work / f"webgpu-{robustness}.u8"),
+    }
+    spec_file = work / f"webgpu-{robustness}.spec.json"
+    spec_file.write_text(json.dumps(spec))
+    run_logged([str(node), str(ROOT / "bench" / "webgpu_node.mjs"), str(spec_file)])
+    raw = json.loads(Path(spec["out"]).read_text())
+    result = {name: timing_of(raw["timings"][name]) for name in COMPONENTS}
+    result["generation"] = {"median_ms": raw["generation"].get("median_ms", raw["generation"]["untimed_ms"])}
+    result["unet_variants"] = {v: timing_of(r["timing"]) for v, r in raw["unet_variants"].items()}
+    result.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"])
+    image = np.fromfile(spec["image_out"], np.uint8).reshape(inputs["height"], inputs["width"], 3)
+    return result, image
+
+
+def timing_of(raw: dict) -> dict:
+    return {k: raw[k] for k in ("median_ms", "min_ms", "max_ms") if k in raw}
+
+
+def enable_cuda(cuda_include: str) -> None:
+    """TVM without its compiler library (too big to carry) runs runtime-only: load its CUDA
+    runtime, and give it the compile callback it calls at load (TVM 0.27 keeps CUDA source in
+    the library). This one calls NVRTC from the CUDA libraries torch ships."""
+    import ctypes
+    import glob
+
+    import torch
+    import tvm
+    import tvm_ffi
+
+    ctypes.CDLL(str(Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
+    nvidia = Path(torch.__file__).parent.parent / "nvidia"
+    nvrtc = ctypes.CDLL(sorted(glob.glob(str(nvidia / "**" / "libnvrtc.so*"), recursive=True))[0])
+    major, minor = torch.cuda.get_device_capability()
+    # The generated code includes libcu++ (<cuda/std/...>): the toolkit's cccl headers, carried.
+    options = [f"--gpu-architecture=sm_{major}{minor}", "-default-device", "--device-int128", f"-I{cuda_include}"]
+
+    def check(status: int, program=None) -> None:
+        if status == 0:
+            return
+        log = ""
+        if program is not None:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            buffer = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(program, buffer)
+            log = buffer.value.decode()[-3000:]
+        raise RuntimeError(f"NVRTC error {status}: {log}")
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def compile_cuda(code: str, *_) -> bytes:
+        # NVRTC has no <cuda.h> (host-only) and no INFINITY macro.
+        code = "#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif\n" + "\n".join(
+            line for line in code.splitlines() if line.strip() != "#include <cuda.h>"
+        )
+        program = ctypes.c_void_p()
+        check(nvrtc.nvrtcCreateProgram(ctypes.byref(program), code.encode(), b"kernel.cu", 0, None, None))
+        encoded = [o.encode() for o in options]
+        check(nvrtc.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded)), program)
+        size = ctypes.c_size_t()
+        check(nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size)))
+        cubin = ctypes.create_string_buffer(size.value)
+        check(nvrtc.nvrtcGetCUBIN(program, cubin))
+        return bytes(cubin.raw)
+
+
+# --- the run: every engine in turn, then the report ------------------------------------------
+
+GFLOP_PER_STEP = 1606.5  # batch-2 SD 1.5 UNet forward at 64x64 latents (../shared FINDINGS.md)
+
+
+def child(engine: str, args: dict, work: Path) -> tuple[dict, np.ndarray]:
+    """Run one engine in a process of its own (its GPU memory is its own), under PeakMemory."""
+    request = work / f"{engine}.request.json"
+    request.write_text(json.dumps(args))
+    with PeakMemory() as memory:
+        run_logged([sys.executable, __file__, "engine", engine, str(request)])
+    result = json.loads((work / f"{engine}.result.json").read_text())
+    result["peak_gpu_memory_gib"] = memory.gib
+    return result, np.load(work / f"{engine}.image.npy")
+
+
+def engine_main(engine: str, request: Path) -> None:
+    args = json.loads(request.read_text())
+    if engine.startswith("pytorch-"):
+        result, image = run_torch(engine.removeprefix("pytorch-"), args["inputs"])
+    else:
+        result, image = run_cuda(args["libraries"], args["unet_variants"], Path(args["params"]), args["inputs"], args["cuda_include"])
+    (request.parent / f"{engine}.result.json").write_text(json.dumps(result))
+    np.save(request.parent / f"{engine}.image.npy", image)
+
+
+def run_all(args) -> dict:
+    import yaml
+
+    # The config's plain YAML (the GPU machine lacks websd.config's schema validator).
+    config = yaml.safe_load(args.config.read_text())
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    carry = args.carry
+    inputs = prepare(config, carry, work)
+    params = work / "params"
+    rows, images, errors = {}, {}, {}
+
+    def attempt(name, run):
+        try:
+            rows[name], images[name] = run()
+            print(f"gpu_bench: {name}: UNet step {rows[name]['unet']['median_ms']} ms", flush=True)
+        except Exception as error:  # a row that cannot run says why, and the others still run
+            errors[name] = f"{type(error).__name__}: {error}"
+            print(f"gpu_bench: {name} failed: {errors[name]}", flush=True)
+        # What is done so far, in case the call runs out of time.
+        (args.out / "gpu-bench.partial.json").write_text(json.dumps({"rows": rows, "errors": errors}, indent=1))
+
+    for mode in TORCH_MODES:
+        attempt(f"pytorch-{mode}", lambda mode=mode: child(f"pytorch-{mode}", {"inputs": inputs}, work))
+    libraries = {name: str(carry / "cuda" / f"{name}.so") for name in COMPONENTS}
+    variants = {v: str(carry / "cuda" / f"unet-{v}.so") for v in args.unet_variants}
+    attempt("tvm-cuda", lambda: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
+                                                    "params": str(params), "cuda_include": args.cuda_include}, work))
+    wasm = {name: str(carry / "webgpu" / f"{name}.wasm") for name in COMPONENTS}
+    wasm_variants = {v: str(carry / "webgpu" / f"unet-{v}.wasm") for v in args.unet_variants}
+    for robustness in ROBUSTNESS:
+
+        def webgpu(robustness=robustness):
+            with PeakMemory() as memory:
+                result, image = run_webgpu(robustness, args.node, args.node_dir, wasm, wasm_variants, params, inputs, work)
+            result["peak_gpu_memory_gib"] = memory.gib
+            return result, image
+
+        attempt(f"webgpu-{robustness}", webgpu)
+    return report(rows, images, errors, inputs)
+
+
+def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
+    import torch
+
+    reference = images.get("pytorch-fp32-no-tf32")
+    for name, image in images.items():
+        if reference is not None:
+            rows[name]["max_pixel_diff_vs_pytorch_fp32"] = int(np.abs(image.astype(int) - reference.astype(int)).max())
+    peak = rows.get("pytorch-fp32-no-tf32", {}).get("fp32_peak_tflops")
+    for row in rows.values():
+        row["unet_tflops"] = round(GFLOP_PER_STEP / row["unet"]["median_ms"], 1)
+        if peak:
+            row["unet_fraction_of_fp32_peak"] = round(row["unet_tflops"] / peak, 3)
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    step = lambda name: rows[name]["unet"]["median_ms"] if name in rows else None  # noqa: E731
+    ratios = {}
+    for robustness in ROBUSTNESS:
+        webgpu = step(f"webgpu-{robustness}")
+        ratios[f"webgpu-{robustness} / pytorch-fp32-no-tf32"] = _ratio(webgpu, step("pytorch-fp32-no-tf32"))
+        ratios[f"webgpu-{robustness} / tvm-cuda"] = _ratio(webgpu, step("tvm-cuda"))
+    ratios["tvm-cuda / pytorch-fp32-no-tf32"] = _ratio(step("tvm-cuda"), step("pytorch-fp32-no-tf32"))
+    return {
+        "card": pynvml.nvmlDeviceGetName(handle),
+        "driver": pynvml.nvmlSystemGetDriverVersion(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "setup": {"image": [inputs["height"], inputs["width"]], "unet_batch": 2, "steps": STEPS, "scheduler": SCHEDULER,
+                  "guidance": GUIDANCE, "seed": inputs["seed"], "prompt": PROMPT, "runs": RUNS, "warmup": WARMUP,
+                  "gflop_per_unet_step": GFLOP_PER_STEP},
+        "fp32_peak_tflops": peak,
+        "rows": rows,
+        "unet_step_ratios": ratios,
+        "errors": errors,
+    }
+
+
+def _ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+ROW_LABELS = {
+    "webgpu-default": "our WebGPU build (Node + Dawn, Vulkan)",
+    "webgpu-disable_robustness": "our WebGPU build, Dawn `disable_robustness`",
+    "tvm-cuda": "our native CUDA build",
+    "pytorch-fp32-no-tf32": "PyTorch fp32, TF32 off",
+    "pytorch-fp32-tf32": "PyTorch fp32, TF32 on",
+    "pytorch-fp16": "PyTorch fp16",
+}
+
+
+def markdown(results: dict) -> str:
+    rows, peak = results["rows"], results["fp32_peak_tflops"]
+    lines = [
+        f"SD 1.5 (random weights), 512x512, UNet at batch 2, {STEPS}-step {SCHEDULER}; {results['card']}, driver "
+        f"{results['driver']}, {results['date']}. Median of {RUNS} calls after {WARMUP} warm-up calls (generation: "
+        f"one after one warm-up); measured fp32 peak without tensor cores {peak} TFLOP/s, so the UNet step's floor is "
+        f"{GFLOP_PER_STEP / peak:.1f} ms." if peak else "",
+        "",
+        "| | UNet step (ms) | TFLOP/s | of fp32 peak | text encoder (ms) | VAE decode (ms) | 20-step generation (ms) | peak GPU memory (GiB) | max pixel diff vs PyTorch fp32 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, label in ROW_LABELS.items():
+        if name not in rows:
+            lines.append(f"| {label} | did not run: {results['errors'].get(name, '?')} |||||||")
+            continue
+        r = rows[name]
+        lines.append(
+            f"| {label} | {r['unet']['median_ms']:.1f} | {r['unet_tflops']} | {r.get('unet_fraction_of_fp32_peak', 0):.0%} "
+            f"| {r['text_encoder']['median_ms']:.2f} | {r['vae_decoder']['median_ms']:.1f} | {r['generation']['median_ms']:.0f} "
+            f"| {r['peak_gpu_memory_gib']} | {r.get('max_pixel_diff_vs_pytorch_fp32', '')} |"
+        )
+    lines += ["", "UNet step ratios (lower is faster for the first):", ""]
+    lines += [f"- {pair}: {ratio}" for pair, ratio in results["unet_step_ratios"].items()]
+    tuned = [(n, r) for n, r in rows.items() if r.get("unet_variants")]
+    if tuned:
+        lines += ["", "UNet step (ms) of other builds of the same graph, same run:", "", "| | " + " | ".join(
+            ["tuned (the build above)", *tuned[0][1]["unet_variants"]]) + " |", "|---|" + "---:|" * (1 + len(tuned[0][1]["unet_variants"]))]
+        for name, r in tuned:
+            cells = [f"{r['unet']['median_ms']:.1f}", *(f"{v['median_ms']:.1f}" for v in r["unet_variants"].values())]
+            lines.append(f"| {ROW_LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    bars = [(ROW_LABELS[n], rows[n]["unet"]["median_ms"]) for n in ROW_LABELS if n in rows]
+    bars += [(f"{ROW_LABELS[n]}, {v}", t["median_ms"]) for n in ROW_LABELS if n in rows for v, t in rows[n].get("unet_variants", {}).items()]
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.5))
+    ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color="#4C72B0")
+    for y, (_, ms) in enumerate(bars[::-1]):
+        ax.text(ms, y, f" {ms:.1f}", va="center")
+    if results["fp32_peak_tflops"]:
+        ax.axvline(GFLOP_PER_STEP / results["fp32_peak_tflops"], color="gray", linestyle="--", label="fp32 floor (no tensor cores)")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("SD 1.5 UNet step, batch 2, 512x512 (ms, median)")
+    ax.set_title(f"{results['card']}, {results['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        engine_main(sys.argv[2], Path(sys.argv[3]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--carry", type=Path, required=True, help="the packed builds (bench/pack_gpu.sh)")
+    parser.add_argument("--node", type=Path, required=True, help="the node binary")
+    parser.add_argument("--node-dir", type=Path, required=True, help="holds webgpu/ and tvmjs.js (bench/unpack_node.sh)")
+    parser.add_argument("--cuda-include", required=True, help="a folder holding cuda/std/ (libcu++)")
+    parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
+    parser.add_argument("--work", default="/tmp/websd-bench")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = run_all(args)
+    (args.out / "gpu-bench.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "gpu-bench.md").write_text(markdown(results))
+    chart(results, args.out / "gpu-bench.png")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Packs what bench/gpu_bench.sh needs on the GPU machine (no registries there, 64 MiB per call)
+# into bench/.carry (git-ignored; the `run` tool carries it):
+#
+#   bash bench/pack_gpu.sh tools               TVM without its compiler library, the cp312 wheels
+#                                              the image lacks, libcu++ headers, the Vulkan loader,
+#                                              node + Dawn + tvmjs (bench/pack_node.sh)
+#   bash bench/pack_gpu.sh build [config]      the config's cuda and webgpu libraries (xz) and
+#                                              each component's tensor-cache.json (names only: the
+#                                              weights are made there from the config's seed)
+#   bash bench/pack_gpu.sh variant NAME [config]   the current UNet builds again, as unet-NAME,
+#                                              to time beside the others (e.g. before tuning)
+#   bash bench/pack_gpu.sh tvm-runtime DIR     just the runtime-only TVM package, into DIR
+set -euo pipefail
+carry=bench/.carry
+config=config/sd-v1-5-random.yaml
+
+tvm_runtime() {  # the installed tvm package without lib/libtvm_compiler.so (259 MB) and 3rdparty/
+  local site dist
+  site=$(python3 -c "import tvm, os; print(os.path.dirname(os.path.dirname(tvm.__file__)))")
+  dist=$(cd "$site" && ls -d apache_tvm-*.dist-info)
+  tar -C "$site" --exclude=tvm/lib/libtvm_compiler.so --exclude=tvm/3rdparty --exclude='__pycache__' \
+    -cf - tvm "$dist" | xz -T0 -9 >"$1/tvm-runtime.tar.xz"
+}
+
+case "${1:-}" in
+tools)
+  mkdir -p "$carry/wheels" "$carry/debs"
+  tvm_runtime "$carry"
+  rm -f "$carry"/wheels/*.whl
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$carry/wheels" \
+    apache-tvm-ffi==0.1.14.post1 diffusers==0.42.1 doit==0.37.0 clip-anytorch==2.6.0 jsonschema==4.26.0 \
+    referencing==0.37.0 jsonschema-specifications==2025.9.1 rpds-py==0.30.0
+  tar -C /usr/local/cuda/include/cccl -cf - cuda nv | xz -T0 -9 >"$carry/cccl.tar.xz"
+  (cd "$carry/debs" && rm -f ./*.deb && apt-get download -q libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2)
+  bash bench/pack_node.sh "$carry"
+  ;;
+build | variant)
+  if [ "$1" = variant ]; then name=${2:?usage: pack_gpu.sh variant NAME [config]}; config=${3:-$config}; else config=${2:-$config}; fi
+  build=build/$(basename "$config" .yaml)
+  mkdir -p "$carry/cuda" "$carry/webgpu"
+  if [ "$1" = variant ]; then
+    xz -T0 -9 -c "$build/cuda/unet.so" >"$carry/cuda/unet-$name.so.xz"
+    xz -T0 -9 -c "$build/webgpu/unet.wasm" >"$carry/webgpu/unet-$name.wasm.xz"
+  else
+    for component in text_encoder unet vae_decoder; do
+      xz -T0 -9 -c "$build/cuda/$component.so" >"$carry/cuda/$component.so.xz"
+      xz -T0 -9 -c "$build/webgpu/$component.wasm" >"$carry/webgpu/$component.wasm.xz"
+      mkdir -p "$carry/params/$component"
+      cp "$build/params/$component/tensor-cache.json" "$carry/params/$component/"
+    done
+  fi
+  ;;
+tvm-runtime)
+  tvm_runtime "${2:?usage: pack_gpu.sh tvm-runtime DIR}"
+  ;;
+*)
+  echo "usage: $0 tools | build [config] | variant NAME [config] | tvm-runtime DIR" >&2
+  exit 2
+  ;;
+esac
+du -sh "$carry" 2>/dev/null || true
