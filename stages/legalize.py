@@ -1,13 +1,14 @@
 """Stage legalize: Relax operators lowered to TensorIR and fused, independent of the target.
 
-The passes, in order (TVM's own generic legalization, before any schedule is chosen):
+The passes are `passes()`, in order: ours (websd/passes/), then TVM's generic legalization
+and fusion, before any schedule is chosen.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.task import stage_task
+from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
 from websd.paths import Layout
@@ -16,7 +17,10 @@ from websd.paths import Layout
 def passes() -> list:
     from tvm import relax
 
+    from websd.passes.group_norm import split_group_norm
+
     return [
+        split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
         relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque
         relax.transform.FoldConstant(),
@@ -44,5 +48,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.legalized(component)],
             options=config.stage("legalize"),
             tools=("apache-tvm", "apache-tvm-ffi"),
-            sources=(__file__,),
+            sources=(__file__, WEBSD_DIR / "passes" / "group_norm.py"),
         )
