@@ -101,6 +101,33 @@ def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float
     print(f"tune: {len(records)} kernels in {database}")
 
 
+def drop_losing_records(database: Path, module: Path, target: str, profile: Path, tuned: str, default: str) -> None:
+    """Keep a kernel's record only where it beat the default schedule. `profile` is
+    bench/profile_cuda.py's per-kernel time in one step of the `tuned` and the `default` build,
+    measured in the same run; `module` the legalized module they were built from (it names the
+    kernels). A short search can lose to dlight's schedule."""
+    import json
+
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    builds = json.loads(Path(profile).read_text())
+    time_in = {build: {k["name"]: k["ms"] for k in builds[build]["kernels"]} for build in (tuned, default)}
+    tasks = ms.relax_integration.extract_tasks(relax_io.load_module(module), tuning_target(target))
+    names = {tvm_ffi.structural_hash(t.dispatched[0]): t.task_name for t in tasks}
+    kept = []
+    for record in best_records([JSONDatabase(work_dir=str(database))]):
+        name = names.get(tvm_ffi.structural_hash(record.workload.mod))
+        tuned_ms, default_ms = (time_in[build].get(name) for build in (tuned, default))
+        if tuned_ms is not None and default_ms is not None and tuned_ms >= default_ms:
+            print(f"tune: dropping {name}: {tuned_ms} ms in the step tuned, {default_ms} ms by default")
+        else:
+            kept.append(record)
+    save_database(kept, database)
+    print(f"tune: {len(kept)} kernels kept in {database}")
+
+
 def task(config: Config, layout: Layout) -> dict:
     options = config.stage("tune")
     database = config.database_path / options["target"]
@@ -118,16 +145,22 @@ def task(config: Config, layout: Layout) -> dict:
 
 def main() -> None:
     """`python3 -m stages.tune`: what `doit tune` runs, for a machine that has the GPU and the
-    build's legalized module but not the rest of the build tree."""
+    build's legalized module but not the rest of the build tree; `--drop-losing PROFILE
+    TUNED DEFAULT` instead prunes the database with a per-kernel profile."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("module", type=Path, help="a legalized.json")
     parser.add_argument("database", type=Path, help="the tuning_db/<target> folder to merge into")
     parser.add_argument("--target", default="cuda")
-    parser.add_argument("--kernels", type=int, required=True)
-    parser.add_argument("--trials", type=int, required=True)
-    parser.add_argument("--minutes", type=float, required=True, help="stop searching after this long")
+    parser.add_argument("--kernels", type=int)
+    parser.add_argument("--trials", type=int)
+    parser.add_argument("--minutes", type=float, help="stop searching after this long")
+    parser.add_argument("--drop-losing", nargs=3, metavar=("PROFILE", "TUNED", "DEFAULT"))
     args = parser.parse_args()
-    tune(args.module, args.target, args.kernels, args.trials, args.minutes, args.database)
+    if args.drop_losing:
+        profile, tuned, default = args.drop_losing
+        drop_losing_records(args.database, args.module, args.target, Path(profile), tuned, default)
+    else:
+        tune(args.module, args.target, args.kernels, args.trials, args.minutes, args.database)
 
 
 if __name__ == "__main__":
