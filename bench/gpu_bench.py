@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from websd.components import VAE_SCALE  # noqa: E402
 from websd.config import COMPONENTS  # noqa: E402
 
 RUNS, WARMUP = 20, 3
