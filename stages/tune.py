@@ -64,6 +64,22 @@ def save_database(records: list, folder: Path) -> None:
             )
 
 
+def cuda_present() -> bool:
+    """Load TVM's CUDA runtime, which the wheel does not load by itself, and ask for a GPU.
+    (MetaSchedule's worker processes need it too: bench/tune_on_gpu.sh loads it in every
+    Python process it starts.)"""
+    import ctypes
+    import os
+
+    import tvm
+
+    try:
+        ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
+    except OSError:  # no NVIDIA driver (libcuda) on this machine
+        return False
+    return tvm.cuda().exist
+
+
 def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float, database: Path) -> None:
     """Tune the heaviest `kernels` not yet in `database`, one after another, `trials` candidates
     each, starting no new kernel after `minutes`; merge the best of each into `database`."""
@@ -72,6 +88,9 @@ def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
+    if target == "cuda" and not cuda_present():
+        raise SystemExit("tune: target cuda measures on an NVIDIA GPU and this machine has none "
+                         "(bench/tune_on_gpu.sh runs it on the device machine)")
     committed = JSONDatabase(work_dir=str(database)) if all((database / f).is_file() for f in TUNING_DATABASE_FILES) else None
     tvm_target = tuning_target(target, num_cores=os.cpu_count())
     tasks = heaviest_kernels(relax_io.load_module(module_in), tvm_target, kernels)
