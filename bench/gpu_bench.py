@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from websd.config import COMPONENTS  # noqa: E402
+from websd.config import COMPONENTS, Config, load_config  # noqa: E402
 
 RUNS, WARMUP = 20, 3
 STEPS, GUIDANCE, SCHEDULER = 20, 7.5, "dpm-solver"
@@ -93,7 +93,7 @@ def run_logged(command: list[str]) -> None:
 # --- the shared inputs: model, weights in each build's order, token ids, the plan -------------
 
 
-def prepare(config: dict, carry: Path, work: Path) -> dict:
+def prepare(config: Config, carry: Path, work: Path) -> dict:
     """The random-weight model from the config's seed (as make_model builds it), each
     component's weights as a tensor cache in its build's order, the prompt's ids and the plan."""
     from stages.make_model import make_random_model
@@ -106,8 +106,8 @@ def prepare(config: dict, carry: Path, work: Path) -> dict:
     model = work / "model"
     if not model.exists():
         started = time.perf_counter()
-        make_random_model(ROOT / "config" / config["model"]["architecture"], config["model"]["seed"], model)
-        print(f"prepare: random SD 1.5 from seed {config['model']['seed']} in {time.perf_counter() - started:.0f} s", flush=True)
+        make_random_model(config.architecture_path, config.model["seed"], model)
+        print(f"prepare: random weights from seed {config.model['seed']} in {time.perf_counter() - started:.0f} s", flush=True)
     for name in COMPONENTS:
         names = relax_io.tensor_cache_param_names(carry / "params" / name)
         weights = dict(load_component(name, model).named_parameters())
@@ -118,9 +118,9 @@ def prepare(config: dict, carry: Path, work: Path) -> dict:
         "model": str(model),
         "ids": [token_ids(tokenizer, text).tolist()[0] for text in (NEGATIVE_PROMPT, PROMPT)],
         "plan": [step.to_json() for step in plan],
-        "seed": config["model"]["seed"],
-        "height": config["image"]["height"],
-        "width": config["image"]["width"],
+        "seed": config.model["seed"],
+        "height": config.height,
+        "width": config.width,
     }
 
 
@@ -225,7 +225,9 @@ def run_webgpu(robustness: str, node: Path, node_dir: Path, wasm: dict, unet_var
     """Our WebGPU build in Node: bench/webgpu_node.mjs with a spec. (Without a GPU, Dawn runs on
     backend "opengl" with adapter_options {"featureLevel": "compatibility"}.)"""
     sig = signatures(inputs)
-    counts = {name: len(json.loads((params / name / "tensor-cache.json").read_text())["metadata"]["param_names"]) for name in COMPONENTS}
+    from websd.relax_io import tensor_cache_param_names
+
+    counts = {name: len(tensor_cache_param_names(params / name)) for name in COMPONENTS}
     spec = {
         "webgpu_package": str(node_dir / "webgpu"),
         "tvmjs": str(node_dir / "tvmjs.js"),
@@ -331,10 +333,7 @@ def engine_main(engine: str, request: Path) -> None:
 
 
 def run_all(args) -> dict:
-    import yaml
-
-    # The config's plain YAML (the GPU machine lacks websd.config's schema validator).
-    config = yaml.safe_load(args.config.read_text())
+    config = load_config(args.config)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     carry = args.carry

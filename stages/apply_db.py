@@ -13,14 +13,13 @@ from pathlib import Path
 from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
-from websd.paths import TUNING_DATABASE_FILES, Layout
+from websd.paths import Layout, tuning_database
 from websd.targets import TUNED_ON, is_gpu, tvm_target
 
 
 def database_files(database: Path, target: str) -> list[Path]:
     """The tuning database the target replays, if one has been committed."""
-    files = [database / TUNED_ON[target] / name for name in TUNING_DATABASE_FILES]
-    return files if all(f.is_file() for f in files) else []
+    return tuning_database(database / TUNED_ON[target])
 
 
 def default_schedule_rules(target: str) -> list:

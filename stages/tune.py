@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from websd import relax_io
 from websd.atomic import atomic_path
-from websd.paths import TUNING_DATABASE_FILES
+from websd.paths import tuning_database
 from websd.targets import tuning_target
 
 if TYPE_CHECKING:  # not at run time: the GPU machine runs this module without the config's deps
@@ -91,7 +91,7 @@ def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float
     if target == "cuda" and not cuda_present():
         raise SystemExit("tune: target cuda measures on an NVIDIA GPU and this machine has none "
                          "(bench/tune_on_gpu.sh runs it on the device machine)")
-    committed = JSONDatabase(work_dir=str(database)) if all((database / f).is_file() for f in TUNING_DATABASE_FILES) else None
+    committed = JSONDatabase(work_dir=str(database)) if tuning_database(database) else None
     tvm_target = tuning_target(target, num_cores=os.cpu_count())
     tasks = heaviest_kernels(relax_io.load_module(module_in), tvm_target, kernels)
     todo = [t for t in tasks if committed is None or not committed.has_workload(t.dispatched[0])]

@@ -29,6 +29,12 @@ DIST = Path(os.environ.get("WEBSD_DIST", ROOT / "dist"))
 TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
+def tuning_database(folder: Path) -> list[Path]:
+    """The database files in `folder`, or [] if it holds no complete database."""
+    files = [Path(folder) / name for name in TUNING_DATABASE_FILES]
+    return files if all(f.is_file() for f in files) else []
+
+
 def model_folder(model_json: Path) -> Path:
     """The diffusers pipeline folder that make_model's model.json names."""
     return Path(json.loads(Path(model_json).read_text())["path"])
