@@ -27,6 +27,7 @@ from stages import (
     memory_plan,
     shard_params,
     tune,
+    web_packages,
 )
 from websd.config import ConfigError, load_config
 from websd.paths import DIST, Layout
@@ -36,7 +37,7 @@ try:
 except ConfigError as error:
     sys.exit(f"websd: bad config: {error}")  # before any task is even defined
 
-LAYOUT = Layout(CONFIG.name)
+LAYOUT = Layout(CONFIG.build_key)
 LAYOUT.root.mkdir(parents=True, exist_ok=True)
 
 DOIT_CONFIG = {
@@ -102,6 +103,12 @@ def task_build_runtime():
 def task_build_wasm():
     """webgpu + wasm32 build of each component, linked with the web runtime"""
     yield from build_wasm.tasks(CONFIG, LAYOUT)
+
+
+def task_web_packages():
+    """the page's npm packages, as web/package-lock.json pins them"""
+    if "webgpu" in CONFIG.targets:
+        return web_packages.task()
 
 
 def task_build_tokenizer_wasm():

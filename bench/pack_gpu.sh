@@ -38,7 +38,7 @@ tools)
   ;;
 build | variant)
   if [ "$1" = variant ]; then name=${2:?usage: pack_gpu.sh variant NAME [config]}; config=${3:-$config}; else config=${2:-$config}; fi
-  build=build/$(basename "$config" .yaml)
+  build=$(python3 -c "import sys; from websd.config import load_config; from websd.paths import Layout; print(Layout(load_config(sys.argv[1]).build_key).root)" "$config")
   mkdir -p "$carry/cuda" "$carry/webgpu"
   if [ "$1" = variant ]; then
     xz -T0 -9 -c "$build/cuda/unet.so" >"$carry/cuda/unet-$name.so.xz"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import fcntl
 import os
 import shutil
 import subprocess
@@ -55,10 +56,12 @@ class NVTXScopedRange {
 
 
 def runtime_dir() -> Path:
-    """The cache folder holding the runtime bitcode for the installed TVM version."""
+    """The cache folder holding the runtime for the installed TVM version, built by this very
+    recipe (its digest is part of the name: a changed recipe builds a new folder)."""
     cache = Path(os.environ.get("WEBSD_CACHE") or Path.home() / ".cache" / "websd")
     tvm_version = importlib.metadata.version("apache-tvm")  # without importing TVM: dodo.py stays quick
-    return cache / "tvm-web-runtime" / f"{tvm_version}-tilelang{TILELANG_VERSION}"
+    recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:8]
+    return cache / "tvm-web-runtime" / f"{tvm_version}-tilelang{TILELANG_VERSION}-{recipe}"
 
 
 def _download_sdist(dest: Path) -> Path:
@@ -112,38 +115,63 @@ def _run(command: list[str], what: str) -> None:
         raise RuntimeError(f"emcc failed on {what}:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
 
 
+def complete(out_dir: Path) -> bool:
+    return all((out_dir / name).is_file() for name in RUNTIME_BITCODE + RUNTIME_OBJECTS)
+
+
+# Where the runtime is compiled, always: the compiler records source paths in its output, so
+# one fixed place makes every build on a machine give the same bytes. One build at a time.
+WORK = Path(tempfile.gettempdir()) / "websd-tvm-web-runtime-build"
+LOCK = WORK.with_suffix(".lock")
+
+
+def ensure_runtime(out_dir: Path) -> None:
+    """Build the runtime into `out_dir` unless it is there. The cache is shared by every build
+    tree on the machine: one build at a time (a lock), and a complete folder is never rebuilt,
+    so no build ever reads a runtime another one is rewriting."""
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if we are killed
+        if complete(out_dir):
+            print(f"build_runtime: {out_dir} was built meanwhile")
+            return
+        build_runtime(out_dir)
+
+
 def build_runtime(out_dir: Path) -> None:
-    """Compile the three runtime .bc files, and each to a wasm object, into `out_dir` (replaced
-    atomically when all are done)."""
+    """Compile the three runtime .bc files, and each to a wasm object, in WORK (the caller holds
+    the lock), into `out_dir` (renamed into place when all are done)."""
     if shutil.which("emcc") is None:
         raise RuntimeError("emcc not found: install Emscripten (apt-get install emscripten)")
     if shutil.which("make") is None:
         raise RuntimeError("make not found: apt-get install make")
-    with tempfile.TemporaryDirectory(prefix="websd-tvm-web-") as tmp:
-        tmp = Path(tmp)
+    shutil.rmtree(WORK, ignore_errors=True)  # left by a killed build
+    try:
         print(f"downloading tilelang {TILELANG_VERSION} sdist for TVM support headers", flush=True)
-        _stage_tree(tmp / "tvm", _download_sdist(tmp / "sdist"))
-        web = tmp / "tvm" / "web"
+        _stage_tree(WORK / "tvm", _download_sdist(WORK / "sdist"))
+        web = WORK / "tvm" / "web"
         for i, name in enumerate(RUNTIME_BITCODE, 1):
             print(f"[{i}/{len(RUNTIME_BITCODE)}] emcc {name} ...", flush=True)
             start = time.monotonic()
             # The Makefile's own target, so the flags stay those TVM's web runtime expects.
             _run(["make", "-C", str(web), f"dist/wasm/{name}"], name)
             print(f"[{i}/{len(RUNTIME_BITCODE)}] {name} done in {time.monotonic() - start:.0f} s", flush=True)
+        for bitcode, obj in zip(RUNTIME_BITCODE, RUNTIME_OBJECTS):
+            print(f"emcc -c {bitcode} -> {obj} ...", flush=True)
+            _run(["emcc", "-O3", "-c", str(web / "dist" / "wasm" / bitcode), "-o", str(web / "dist" / "wasm" / obj)], obj)
         with atomic_path(Path(out_dir)) as staging:
             staging.mkdir()
-            for bitcode, obj in zip(RUNTIME_BITCODE, RUNTIME_OBJECTS):
-                shutil.copy(web / "dist" / "wasm" / bitcode, staging / bitcode)
-                print(f"emcc -c {bitcode} -> {obj} ...", flush=True)
-                _run(["emcc", "-O3", "-c", str(staging / bitcode), "-o", str(staging / obj)], obj)
+            for name in RUNTIME_BITCODE + RUNTIME_OBJECTS:
+                shutil.copy(web / "dist" / "wasm" / name, staging / name)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
 
 
 def task() -> dict:
     out = runtime_dir()
     return {
-        "actions": [(build_runtime, [out])],
+        "actions": [(ensure_runtime, [out])],
         "targets": [str(out / name) for name in RUNTIME_BITCODE + RUNTIME_OBJECTS],
         # The folder is keyed by every input, so a complete one is up to date for any build tree.
-        "uptodate": [lambda: all((out / name).is_file() for name in RUNTIME_BITCODE + RUNTIME_OBJECTS)],
+        "uptodate": [lambda: complete(out)],
         "doc": f"build TVM's web runtime bitcode with Emscripten into {out}",
     }

@@ -18,10 +18,7 @@ from pathlib import Path
 from stages.task import stage_task
 from websd.atomic import atomic_path
 from websd.config import Config
-from websd.paths import ROOT, Layout, model_folder
-
-WEB_TOKENIZERS = ROOT / "web" / "node_modules" / "@mlc-ai" / "web-tokenizers"
-BUNDLE = WEB_TOKENIZERS / "lib" / "index.js"
+from websd.paths import WEB_TOKENIZERS, Layout, model_folder
 
 TOKENIZER_JSON = "tokenizer.json"
 META_JSON = "tokenizer_meta.json"
@@ -29,16 +26,10 @@ BUNDLE_JS = "web-tokenizers.js"
 OUTPUTS = (TOKENIZER_JSON, META_JSON, BUNDLE_JS)
 
 
-def web_tokenizers_version() -> str:
-    return json.loads((WEB_TOKENIZERS / "package.json").read_text())["version"]
-
-
 def build_tokenizer_wasm(model_dir: Path, out_dir: Path) -> None:
     """Write tokenizer.json, tokenizer_meta.json and the web-tokenizers bundle into `out_dir`."""
     from transformers import CLIPTokenizer
 
-    if not BUNDLE.is_file():
-        raise FileNotFoundError(f"{BUNDLE} is missing: run `npm ci` in {ROOT / 'web'}")
     tokenizer = CLIPTokenizer.from_pretrained(Path(model_dir) / "tokenizer")
     meta = {
         "bos_token_id": tokenizer.bos_token_id,
@@ -56,16 +47,16 @@ def build_tokenizer_wasm(model_dir: Path, out_dir: Path) -> None:
         # Padding and truncation are left off the JSON: the browser code applies them itself.
         tokenizer.backend_tokenizer.save(str(tmp / TOKENIZER_JSON))
         (tmp / META_JSON).write_text(json.dumps(meta, indent=2) + "\n")
-        shutil.copyfile(BUNDLE, tmp / BUNDLE_JS)
+        shutil.copyfile(WEB_TOKENIZERS, tmp / BUNDLE_JS)
 
 
 def task(config: Config, layout: Layout) -> dict:
     return stage_task(
         doc="tokenizer.json + Hugging Face tokenizers compiled to wasm, for the page",
         action=(lambda: build_tokenizer_wasm(model_folder(layout.model), layout.tokenizer)),
-        file_dep=[layout.model, BUNDLE],
+        file_dep=[layout.model, WEB_TOKENIZERS],  # web_packages installs it
         targets=[layout.tokenizer / name for name in OUTPUTS],
-        options={"web-tokenizers": web_tokenizers_version()},
+        options={},
         tools=("tokenizers", "transformers"),
         sources=(__file__,),
     )

@@ -14,6 +14,7 @@ page then offers just its JS API). Both write dist/, replaced whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,14 +24,10 @@ from stages.task import WEBSD_DIR, stage_task
 from websd import schedulers
 from websd.atomic import atomic_path
 from websd.config import Config
-from websd.paths import DIST, ROOT, Layout, model_folder
+from websd.paths import DIST, SPARK_MD5, TVMJS, WEB, Layout, model_folder
 
-WEB = ROOT / "web"
 PAGE = [WEB / "index.html", *sorted((WEB / "src").glob("*.js"))]
-VENDOR = {
-    "tvmjs.js": WEB / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js",
-    "spark-md5.js": WEB / "node_modules" / "spark-md5" / "spark-md5.js",
-}
+VENDOR = {"tvmjs.js": TVMJS, "spark-md5.js": SPARK_MD5}  # web_packages installs them
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_meta.json", "web-tokenizers.js")
 
 
@@ -46,8 +43,9 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def manifest(config: Config, layout: Layout, components: list[str], max_steps: int) -> dict:
-    from websd.components import LATENT_CHANNELS, VAE_SCALE, signature
+def manifest(config: Config, layout: Layout, components: list[str], max_steps: dict[str, int], build: dict) -> dict:
+    from websd.architecture import ENTRIES, latent_shape, read_vae_config
+    from websd.components import signature
     from websd.tokenizer import MAX_LENGTH
 
     model = model_folder(layout.model)
@@ -60,12 +58,13 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: i
             "wasm": f"{component}.wasm",
             "params": f"params/{component}/",
             "num_params": len(tensors),
-            **signature(component, model, config.height, config.width),
+            "functions": {entry: signature(component, model, config.height, config.width, entry) for entry in ENTRIES[component]},
         }
     return {
         "name": config.name,
+        "build": build,
         "image": {"height": config.height, "width": config.width},
-        "latent_shape": [1, LATENT_CHANNELS, config.height // VAE_SCALE, config.width // VAE_SCALE],
+        "latent_shape": latent_shape(read_vae_config(model), config.height, config.width),
         "max_length": MAX_LENGTH,
         "history": schedulers.HISTORY,
         "max_steps": max_steps,
@@ -84,18 +83,34 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: i
     }
 
 
-def scheduler_plans(config: Config, layout: Layout, max_steps: int) -> dict:
+def scheduler_plans(config: Config, layout: Layout) -> dict:
+    """Each scheduler's plan for every number of steps the page offers: 1 to the config's
+    dist.max_steps, or fewer where the scheduler cannot plan that many."""
     from websd.generate import scheduler_config
 
     scheduler = scheduler_config(model_folder(layout.model))
+    most = config.stage("dist")["max_steps"]
     return {
-        name: {str(n): [step.to_json() for step in schedulers.plan(name, scheduler, n)] for n in range(1, max_steps + 1)}
+        name: {str(n): [step.to_json() for step in schedulers.plan(name, scheduler, n)] for n in range(1, min(most, schedulers.max_steps(name, scheduler)) + 1)}
         for name in config.schedulers
     }
 
 
-def dist(config: Config, layout: Layout, components: list[str], out_dir: Path) -> None:
-    max_steps = config.stage("dist")["max_steps"]
+def fingerprint(config: Config, components: list[str], inputs: list[str]) -> str:
+    """What a bundle is made of: the config, the components and the bytes of every input file.
+    dist/ is one folder shared by every config and bundle, so doit's own record of this
+    task's inputs cannot tell whether dist/ still holds this bundle; this can."""
+    digest = hashlib.sha256(json.dumps([str(config.path), config.raw, components]).encode())
+    for path in inputs:
+        digest.update(path.encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def dist(config: Config, layout: Layout, components: list[str], inputs: list[str], out_dir: Path) -> None:
+    plans = scheduler_plans(config, layout)
+    max_steps = {name: len(by_steps) for name, by_steps in plans.items()}
+    build = {"config": str(config.path), "fingerprint": fingerprint(config, components, inputs)}
     with atomic_path(out_dir) as tmp:
         (tmp / "src").mkdir(parents=True)
         shutil.copy(WEB / "index.html", tmp / "index.html")
@@ -108,17 +123,18 @@ def dist(config: Config, layout: Layout, components: list[str], out_dir: Path) -
         for component in components:
             shutil.copy(layout.library(component, "webgpu"), tmp / f"{component}.wasm")
             _link_tree(layout.tensor_cache(component), tmp / "params" / component)
-        (tmp / "schedulers.json").write_text(json.dumps(scheduler_plans(config, layout, max_steps)))
-        (tmp / "manifest.json").write_text(json.dumps(manifest(config, layout, components, max_steps), indent=1))
+        (tmp / "schedulers.json").write_text(json.dumps(plans))
+        (tmp / "manifest.json").write_text(json.dumps(manifest(config, layout, components, max_steps, build), indent=1))
     print(f"dist: {out_dir} ({', '.join(components)}); serve it with `doit serve`")
 
 
-def holds(components: list[str]) -> bool:
-    """doit uptodate check: dist/ was last bundled with exactly these components."""
+def holds(config: Config, components: list[str], inputs: list[str]) -> bool:
+    """doit uptodate check: dist/ holds the bundle these inputs make."""
     try:
-        return list(json.loads((DIST / "manifest.json").read_text())["components"]) == components
-    except (OSError, ValueError, KeyError):
+        built = json.loads((DIST / "manifest.json").read_text())["build"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    return built == fingerprint(config, components, inputs)
 
 
 def task(config: Config, layout: Layout, components: list[str], doc: str) -> dict:
@@ -129,14 +145,16 @@ def task(config: Config, layout: Layout, components: list[str], doc: str) -> dic
             layout.memory_report(component, "webgpu"),
             layout.tensor_cache(component) / "tensor-cache.json",
         ]
+    sources = (__file__, WEBSD_DIR / "components.py", WEBSD_DIR / "architecture.py", *(WEBSD_DIR / "schedulers").glob("*.py"))
+    inputs = [str(p) for p in [*file_dep, *sources]]
     spec = stage_task(
         doc=doc,
-        action=(dist, [config, layout, components, DIST]),
+        action=(dist, [config, layout, components, inputs, DIST]),
         file_dep=file_dep,
-        targets=[],  # dist/ is shared by two bundles (see holds())
+        targets=[],  # dist/ is shared by every config and bundle (see holds())
         options={"dist": config.stage("dist"), "schedulers": config.schedulers, "components": components},
         tools=("diffusers",),
-        sources=(__file__, WEBSD_DIR / "components.py", *(WEBSD_DIR / "schedulers").glob("*.py")),
+        sources=sources,
     )
-    spec["uptodate"].append(lambda: holds(components))
+    spec["uptodate"].append(lambda: holds(config, components, inputs))
     return spec

@@ -1,8 +1,10 @@
-"""Stage import_relax: the exported program as a Relax IRModule, weights split off.
+"""Stage import_relax: the exported programs as one Relax IRModule, weights split off.
 
-The module's `main` takes the component's inputs followed by its weights; the weights go
-to params.npz in that order, under their PyTorch names (the importer takes them in the order
-of the program's `named_parameters()`), which shard_params turns into the browser's tensor cache.
+Each exported function (`main`, and the UNet's `unguided`) becomes a Relax function of that
+name; each takes the component's inputs followed by its weights, the same weights in the same
+order. They go to params.npz in that order, under their PyTorch names (the importer takes them
+in the order of the program's `named_parameters()`), which shard_params turns into the
+browser's tensor cache.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
+from websd.architecture import ENTRIES
 from websd.config import Config
 from websd.paths import Layout
 
@@ -35,7 +38,8 @@ def _torch_nearest(node, importer):
     return importer.block_builder.emit(resized)
 
 
-def import_relax(exported: Path, module_out: Path, params_out: Path) -> None:
+def _import(exported: Path):
+    """One exported program as a Relax function and its weights by PyTorch name, in its order."""
     import torch
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
@@ -50,19 +54,34 @@ def import_relax(exported: Path, module_out: Path, params_out: Path) -> None:
     named = list(program.named_parameters())
     if [tuple(p.shape) for _, p in named] != [tuple(w.shape) for w in weights]:
         raise RuntimeError(f"{exported}: the imported weights do not follow the program's parameters")
-    names = [name for name, _ in named]
-    print(f"import_relax: {exported.parent.name}: {len(weights)} weight tensors")
-    relax_io.save_params({name: w.numpy() for name, w in zip(names, weights)}, params_out)
-    relax_io.save_module(mod, module_out)
+    return mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}
+
+
+def import_relax(exported: dict[str, Path], module_out: Path, params_out: Path) -> None:
+    """`exported`: the component's function name -> its exported program, `main` first."""
+    import tvm
+
+    functions, params = {}, None
+    for entry, path in exported.items():
+        function, weights = _import(path)
+        functions[entry] = function.with_attr("global_symbol", entry)
+        if params is None:
+            params = weights
+        elif list(weights) != list(params) or any(w.shape != params[n].shape for n, w in weights.items()):
+            raise RuntimeError(f"{path}: {entry} takes other weights than {next(iter(exported))}")
+    print(f"import_relax: {module_out.parent.name}: {', '.join(functions)}, {len(params)} weight tensors")
+    relax_io.save_params(params, params_out)
+    relax_io.save_module(tvm.IRModule(functions), module_out)
 
 
 def tasks(config: Config, layout: Layout):
     for component in config.components:
+        exported = {entry: layout.exported(component, entry) for entry in ENTRIES[component]}
         yield stage_task(
             name=component,
             doc="Relax import of each exported component (weights as parameters)",
-            action=(import_relax, [layout.exported(component), layout.imported(component), layout.params(component)]),
-            file_dep=[layout.exported(component)],
+            action=(import_relax, [exported, layout.imported(component), layout.params(component)]),
+            file_dep=list(exported.values()),
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),

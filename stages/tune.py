@@ -35,15 +35,24 @@ def heaviest_kernels(mod, target, count: int) -> list:
     return tasks[:count]
 
 
+# MetaSchedule's time for a candidate that failed to build or run (it still records it).
+FAILED_RUN_SECS = 1e10
+
+
+def measured(record) -> bool:
+    """The record holds a real measurement, not a failure."""
+    return bool(record.run_secs) and all(float(s) < FAILED_RUN_SECS for s in record.run_secs)
+
+
 def best_records(databases: list) -> list:
-    """The fastest record of each kernel found in any of the databases."""
+    """The fastest measured record of each kernel found in any of the databases."""
     import tvm_ffi
 
     best = {}
     for database in databases:
         for record in database.get_all_tuning_records():
-            if not record.run_secs:
-                continue  # failed to build or run
+            if not measured(record):
+                continue
             seconds = sum(float(s) for s in record.run_secs) / len(record.run_secs)
             key = tvm_ffi.structural_hash(record.workload.mod)
             if key not in best or seconds < best[key][0]:
@@ -80,11 +89,34 @@ def cuda_present() -> bool:
     return tvm.cuda().exist
 
 
-def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float, database: Path) -> None:
+def failure_log():
+    """A measure callback that keeps the error of every candidate that failed to build or run:
+    MetaSchedule itself only logs them, and records them as if they had run for 1e10 s."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class FailureLog(PyMeasureCallback):
+        def __init__(self):
+            self.errors: list[str] = []
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for built, ran in zip(builder_results, runner_results):
+                error = built.error_msg or ran.error_msg
+                if error:
+                    self.errors.append(str(error).strip().splitlines()[-1])
+
+    return FailureLog()
+
+
+def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float, timeout_s: float, database: Path) -> None:
     """Tune the heaviest `kernels` not yet in `database`, one after another, `trials` candidates
-    each, starting no new kernel after `minutes`; merge the best of each into `database`."""
+    each, starting no new kernel after `minutes`; merge the best of each into `database`.
+    A candidate gets `timeout_s` to build and as long to run; failures are reported, a kernel
+    none of whose candidates could be measured is tried once more, and no failure is stored."""
     import os
 
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
@@ -98,24 +130,38 @@ def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float
     print(f"tune: {target}: {len(tasks) - len(todo)} of the {len(tasks)} heaviest kernels already tuned")
     end = time.monotonic() + 60 * minutes
     with tempfile.TemporaryDirectory(prefix="websd-tune-") as work_dir:
-        measured = JSONDatabase(work_dir=work_dir)
-        builder = ms.builder.LocalBuilder()
-        runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=0))
+        results = JSONDatabase(work_dir=work_dir)
+        # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
+        # can take longer than MetaSchedule's default 30 s.
+        builder = ms.builder.LocalBuilder(timeout_sec=timeout_s)
+        runner = ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=0))
+        failures = failure_log()
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures]
         for done, task in enumerate(todo):
             if time.monotonic() > end:
                 print(f"tune: {minutes} min spent; {len(todo) - done} kernels left for the next run")
                 break
             print(f"tune: {task.task_name} ({done + 1}/{len(todo)})", flush=True)
-            # One batch of random samples of MetaSchedule's design space: with tens of trials
-            # per kernel there is nothing for a cost model to learn from.
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [task], work_dir, strategy="replay-trace", num_threads="logical"
-            )
-            ms.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
-                num_trials_per_iter=trials, builder=builder, runner=runner, cost_model="random", database=measured,
-            )
-        records = best_records([measured, *([committed] if committed else [])])
+            key = tvm_ffi.structural_hash(task.dispatched[0])
+            for attempt in (1, 2):
+                failures.errors.clear()
+                # One batch of random samples of MetaSchedule's design space: with tens of trials
+                # per kernel there is nothing for a cost model to learn from.
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [task], work_dir, strategy="replay-trace", num_threads="logical"
+                )
+                ms.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
+                    num_trials_per_iter=trials, builder=builder, runner=runner, cost_model="random",
+                    database=results, measure_callbacks=callbacks,
+                )
+                if failures.errors:
+                    print(f"tune: {task.task_name}: {len(failures.errors)} candidate(s) failed to build or run "
+                          f"(not stored), e.g.: {failures.errors[0]}")
+                if any(measured(r) and tvm_ffi.structural_hash(r.workload.mod) == key for r in results.get_all_tuning_records()):
+                    break
+                print(f"tune: {task.task_name}: no candidate could be measured" + ("; trying once more" if attempt == 1 else ""))
+        records = best_records([results, *([committed] if committed else [])])
     save_database(records, database)
     print(f"tune: {len(records)} kernels in {database}")
 
@@ -153,7 +199,7 @@ def task(config: Config, layout: Layout) -> dict:
     return {
         "doc": "MetaSchedule on the tuning target's hardware, merged into tuning_db/ (run on purpose: it needs the GPU)",
         "actions": [(tune, [layout.legalized(options["component"]), options["target"], options["kernels"],
-                            options["trials"], options["minutes"], database])],
+                            options["trials"], options["minutes"], options["timeout_s"], database])],
         "file_dep": [str(layout.legalized(options["component"]))],
         # The database is a committed input of the build, like the config: tuning writes it but
         # does not own it, so no `targets` (doit would otherwise tune whenever apply_db runs).
@@ -173,13 +219,14 @@ def main() -> None:
     parser.add_argument("--kernels", type=int)
     parser.add_argument("--trials", type=int)
     parser.add_argument("--minutes", type=float, help="stop searching after this long")
+    parser.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
     parser.add_argument("--drop-losing", nargs=3, metavar=("PROFILE", "TUNED", "DEFAULT"))
     args = parser.parse_args()
     if args.drop_losing:
         profile, tuned, default = args.drop_losing
         drop_losing_records(args.database, args.module, args.target, Path(profile), tuned, default)
     else:
-        tune(args.module, args.target, args.kernels, args.trials, args.minutes, args.database)
+        tune(args.module, args.target, args.kernels, args.trials, args.minutes, args.timeout_s, args.database)
 
 
 if __name__ == "__main__":

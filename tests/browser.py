@@ -16,7 +16,6 @@ from typing import Any
 
 
 CHROMIUM = Path("/usr/bin/chromium")
-TVMJS = Path(__file__).resolve().parent.parent / "web" / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 # Headless WebGPU (SwiftShader) plus no background traffic: the machine has no internet.
 CHROMIUM_ARGS = [
     "--headless=new",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,14 +12,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-# Before websd.paths is imported anywhere, so the tests' Layouts and doit agree.
+# Before websd.paths is imported anywhere, so the tests' Layouts and doit agree. Removed when the
+# session ends (WEBSD_KEEP_TEST_BUILDS=1 keeps it to look into). The one cache the suite keeps on
+# purpose is TVM's web runtime in ~/.cache/websd: it depends only on the TVM version.
 SCRATCH = Path(tempfile.mkdtemp(prefix="websd-tests-"))
 os.environ["WEBSD_BUILD"] = str(SCRATCH / "build")
 os.environ["WEBSD_DIST"] = str(SCRATCH / "dist")
 
-from websd.paths import ROOT  # noqa: E402
+from websd.config import load_config  # noqa: E402
+from websd.paths import ROOT, Layout  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "config" / "default.yaml"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if not os.environ.get("WEBSD_KEEP_TEST_BUILDS"):
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
+def layout_of(config: Path) -> Layout:
+    """The build tree of a config file."""
+    return Layout(load_config(config).build_key)
 
 
 def doit(*args: str, check: bool = True, env: dict | None = None) -> tuple[list[str], subprocess.CompletedProcess]:
@@ -47,6 +61,7 @@ def write_config(path: Path, changes: dict, base: Path = DEFAULT_CONFIG) -> Path
                 into[key] = value
 
     merge(raw, changes)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     return path
 

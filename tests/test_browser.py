@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from browser import CHROMIUM, CHROMIUM_ARGS
-from conftest import DEFAULT_CONFIG, SCRATCH, doit
+from conftest import DEFAULT_CONFIG, SCRATCH, doit, layout_of
 from test_native import NEGATIVE, PROMPT, diffusers_image
 from websd.config import load_config
 from websd.paths import ROOT, Layout, model_folder
@@ -121,20 +121,27 @@ class Page:
     def cached_urls(self) -> list[str]:
         return self.page.evaluate(f"(async () => (await (await caches.open('{CACHE_SCOPE}')).keys()).map(r => r.url))()")
 
-    def generate(self, scheduler: str, seed: int, steps: int = 20) -> np.ndarray:
+    def fill(self, seed: str = "42", steps: str = "20", scheduler: str = "dpm-solver", guidance: str = "7.5") -> None:
         p = self.page
         p.fill("#prompt", PROMPT)
         p.fill("#negative-prompt", NEGATIVE)
-        p.fill("#seed", str(seed))
-        p.fill("#steps", str(steps))
         p.select_option("#scheduler", scheduler)
-        p.fill("#guidance", "7.5")
+        p.fill("#seed", seed)
+        p.fill("#steps", steps)
+        p.fill("#guidance", guidance)
+
+    def generate(self, scheduler: str, seed: int | str, steps: int = 20, guidance: str = "7.5") -> np.ndarray:
+        p = self.page
+        self.fill(str(seed), str(steps), scheduler, guidance)
         p.click("#generate")
         assert p.is_disabled("#generate")  # no second generation while one runs
         p.wait_for_function("!document.getElementById('generate').disabled", timeout=GENERATE_TIMEOUT_MS)
         assert self.error() is None, f"{self.error()}\n" + "\n".join(self.log)
         assert self.progress("steps-progress") == (steps, steps)
         return self.canvas()[..., :3]
+
+    def field_error(self, field: str) -> str | None:
+        return self.page.evaluate(f"(e => e.hidden ? null : e.textContent)(document.getElementById('{field}-error'))")
 
     def close(self) -> None:
         self.context.close()
@@ -157,8 +164,8 @@ def default_page(browser, default_dist: Path):
 def reference():
     """diffusers' image for the default model, per scheduler."""
     config = load_config(DEFAULT_CONFIG)
-    model = model_folder(Layout(config.name).model)
-    return lambda scheduler, seed: diffusers_image(model, scheduler, seed, config.height, config.width)
+    model = model_folder(Layout(config.build_key).model)
+    return lambda scheduler, seed, guidance=7.5: diffusers_image(model, scheduler, seed, config.height, config.width, guidance)
 
 
 def test_weights_progress_complete(default_page: Page) -> None:
@@ -185,6 +192,59 @@ def test_second_generation_without_reload(default_page: Page, reference) -> None
     assert np.abs(ours.astype(int) - reference("dpm-solver", 7)).max() <= 3
 
 
+@pytest.mark.parametrize("seed, guidance", [
+    (7, "0"),  # no guidance: the prompt alone through the UNet's batch-1 function
+    (7, "1"),
+    (7, "7.3"),  # any finite guidance, not only multiples of the field's old step of 0.5
+    (str(2**64 - 1), "7.5"),  # seeds are exact up to 2^64 - 1 (a JS number is not above 2^53)
+    ("-1", "7.5"),  # torch seeds -1 as 2^64 - 1
+])
+def test_inputs_mean_what_they_mean_to_diffusers(default_page: Page, reference, seed, guidance: str) -> None:
+    ours = default_page.generate("dpm-solver", seed=seed, guidance=guidance)
+    expected = reference("dpm-solver", int(seed), guidance=float(guidance))
+    assert np.abs(ours.astype(int) - expected).max() <= 3
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", "", "Seed must be an integer from -9223372036854775808 to 18446744073709551615"),
+    ("seed", "12abc", "Seed must be an integer"),
+    ("seed", str(2**64), f"got {2**64}"),
+    ("seed", "1.5", "Seed must be an integer"),
+    ("guidance", "", "Guidance must be a finite number"),
+    ("guidance", "abc", "Guidance must be a finite number"),
+    ("guidance", "Infinity", "Guidance must be a finite number"),
+    ("steps", "0", "Steps must be a whole number from 1 to 50 for dpm-solver"),
+    ("steps", "51", "from 1 to 50"),
+    ("steps", "", "Steps must be a whole number"),
+])
+def test_bad_input_is_named_and_never_runs(default_page: Page, field: str, value: str, message: str) -> None:
+    page = default_page.page
+    default_page.fill()
+    assert not page.is_disabled("#generate") and default_page.field_error(field) is None
+    page.evaluate("() => { window.__generateCalls = 0; const u = window.websd.pipeline; window.__generate ??= u.generate;"
+                  " u.generate = (...a) => { window.__generateCalls++; return window.__generate(...a); }; }")
+    page.fill(f"#{field}", value)
+    assert message in default_page.field_error(field)
+    assert page.is_disabled("#generate")
+    page.press(f"#{field}", "Enter")  # submitting by keyboard does not start a run either
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.__generateCalls") == 0
+    default_page.fill()  # a good value clears the message
+    assert default_page.field_error(field) is None and not page.is_disabled("#generate")
+
+
+def test_pndm_counts_the_steps_asked_for(default_page: Page) -> None:
+    """PNDM evaluates the UNet once more than the steps asked for (its warm-up); the page counts
+    steps as diffusers' progress bar does: "Step k of 7" for 7 steps, never "of 8"."""
+    page = default_page.page
+    page.evaluate("window.__statuses = []; new MutationObserver(() => window.__statuses.push("
+                  "document.getElementById('status').textContent)).observe(document.getElementById('status'),"
+                  " {childList: true, characterData: true, subtree: true})")
+    default_page.generate("pndm", seed=3, steps=7)
+    steps = [t for t in page.evaluate("window.__statuses") if t.startswith("Step")]
+    assert steps == [f"Step {k} of 7…" for k in range(1, 8)]
+
+
 def test_reload_uses_cached_weights(default_page: Page) -> None:
     default_page.shard_requests.clear()
     default_page.page.reload()
@@ -203,7 +263,7 @@ def test_text_encoder_only(browser, text_encoder_dist: Path) -> None:
 
     manifest = json.loads((text_encoder_dist / "manifest.json").read_text())
     assert list(manifest["components"]) == ["text_encoder"]
-    model = model_folder(Layout(load_config(DEFAULT_CONFIG).name).model)
+    model = model_folder(layout_of(DEFAULT_CONFIG).model)
     tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
     encoder = load_component("text_encoder", model)
     with serve(text_encoder_dist) as url:
@@ -265,13 +325,12 @@ def test_missing_shard(browser, default_dist: Path) -> None:
 
 
 def test_scheduler_js_matches_numpy(default_build: Path, tmp_path: Path) -> None:
-    """web/src/scheduler.js runs a plan bit for bit as websd/generate.py does (fake UNet outputs)."""
+    """web/src/scheduler.js runs a plan and guides bit for bit as websd/generate.py does with
+    numpy (fake UNet outputs)."""
     from websd import schedulers
     from websd.generate import scheduler_config
 
-    if shutil.which("node") is None:
-        pytest.skip("needs node")
-    config = scheduler_config(model_folder(Layout(load_config(DEFAULT_CONFIG).name).model))
+    config = scheduler_config(model_folder(layout_of(DEFAULT_CONFIG).model))
     rng = np.random.default_rng(0)
     shape, guidance = (1, 4, 8, 8), 7.5
     cases = []
@@ -279,27 +338,32 @@ def test_scheduler_js_matches_numpy(default_build: Path, tmp_path: Path) -> None
         for steps in (1, 2, 5, 20):
             plan = schedulers.plan(name, config, steps)
             latents = rng.standard_normal(shape, dtype=np.float32)
-            noise = rng.standard_normal((len(plan), 2, *shape[1:]), dtype=np.float32)
-            samples, eps = [latents], []
-            for step, n in zip(plan, noise):  # websd/generate.py's loop, the UNet replaced
-                uncond, cond = n[:1], n[1:]
-                eps = [uncond + guidance * (cond - uncond), *eps][: schedulers.HISTORY]
-                samples = [schedulers.apply_step(step, samples, eps), *samples][: schedulers.HISTORY]
+            fake = list(rng.standard_normal((len(plan), 2, *shape[1:]), dtype=np.float32))
+            unet = iter(fake)
+
+            def predict_noise(x, timestep):  # websd/generate.py's guidance, the UNet replaced
+                uncond, cond = np.split(next(unet), 2)
+                return uncond + guidance * (cond - uncond)
+
+            final = schedulers.denoise(plan, latents, predict_noise)
             cases.append({
                 "plan": [s.to_json() for s in plan], "latents": latents.ravel().tolist(),
-                "noise": [n.ravel().tolist() for n in noise], "expected": samples[0].ravel().tolist(),
+                "noise": [n.ravel().tolist() for n in fake], "expected": final.ravel().tolist(),
             })
     (tmp_path / "cases.json").write_text(json.dumps({"guidance": guidance, "cases": cases}))
     script = tmp_path / "run.mjs"
     script.write_text(f"""
 import {{ readFileSync }} from "node:fs";
-import {{ denoise }} from "{(ROOT / 'web' / 'src' / 'scheduler.js').as_uri()}";
+import {{ denoise, guide }} from "{(ROOT / 'web' / 'src' / 'scheduler.js').as_uri()}";
 const {{ guidance, cases }} = JSON.parse(readFileSync("{tmp_path / 'cases.json'}", "utf8"));
 const mismatches = [];
 for (const [i, c] of cases.entries()) {{
   let k = 0;
-  const predictNoise = async () => Float32Array.from(c.noise[k++]);
-  const out = await denoise({{ plan: c.plan, latents: Float32Array.from(c.latents), guidance, predictNoise }});
+  const predictNoise = async (x) => {{
+    const noise = Float32Array.from(c.noise[k++]);
+    return guide(noise.subarray(0, x.length), noise.subarray(x.length), guidance);
+  }};
+  const out = await denoise({{ plan: c.plan, latents: Float32Array.from(c.latents), predictNoise }});
   const expected = Float32Array.from(c.expected);
   if (out.some((v, j) => !Object.is(v, expected[j]))) mismatches.push(i);
 }}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,19 @@ def test_doit_refuses_bad_config_before_any_stage(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert executed == []
     assert "image.height: 60 is not a multiple of 8" in result.stderr
-    assert not (BUILD / "broken").exists()
+    assert not list(BUILD.glob("broken*"))
 
 
 def test_shipped_configs_are_valid() -> None:
     for name in ("default", "sd-v1-5-random"):
         assert load_config(f"config/{name}.yaml").name == name
+
+
+def test_image_size_must_be_a_multiple_of_the_vae_scale(tmp_path: Path) -> None:
+    """A VAE of 5 blocks has 16 pixels per latent: 72 would decode to another size."""
+    arch = json.loads(Path("config/arch/tiny.json").read_text())
+    arch["vae"]["block_out_channels"] = [32, 32, 64, 64, 64]
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    path = write_config(tmp_path / "vae5.yaml", {"model": {"architecture": str(tmp_path / "arch.json")}, "image": {"height": 72}})
+    with pytest.raises(ConfigError, match=r"image\.height: 72 is not a multiple of 16, the model's VAE scale factor"):
+        load_config(path)

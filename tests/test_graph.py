@@ -6,13 +6,16 @@ own) is built step by step through this module's tests, which therefore run in o
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import doit, write_config
+from conftest import doit, layout_of, write_config
 from websd.paths import ROOT, Layout
 
 STAGES = ["make_model", "export_fx", "import_relax", "legalize", "apply_db", "memory_plan", "build", "shard_params"]
@@ -27,7 +30,7 @@ def config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def layout(config: Path) -> Layout:
-    return Layout(config.stem)
+    return layout_of(config)
 
 
 def test_task_names(config: Path) -> None:
@@ -89,3 +92,47 @@ sys.exit(DoitMain().run(["config={config}", "dist"]))
     assert not list(library.parent.glob(".*.tmp"))
     executed, _ = doit(f"config={config}", "dist")
     assert executed == []
+
+
+def test_configs_of_one_name_never_share_a_build(tmp_path: Path) -> None:
+    """Two configs named alike in other folders (other seeds) each build their own model."""
+    configs = [write_config(tmp_path / folder / "same.yaml", {**NATIVE_ONLY, "model": {"seed": seed}}) for folder, seed in (("a", 1), ("b", 2))]
+    for config in configs:
+        executed, _ = doit(f"config={config}", "make_model")
+        assert executed == ["make_model"]
+    first, second = (layout_of(c) for c in configs)
+    assert first.root != second.root
+    assert first.model.read_text() != second.model.read_text()
+
+
+def test_dist_follows_the_config(default_build: Path, tmp_path: Path) -> None:
+    """dist/ is one folder for every config: a bundle of another config (same components) is
+    rebuilt into it, and so is the first one's again."""
+    dist = {"WEBSD_DIST": str(tmp_path / "dist")}
+    other = write_config(tmp_path / "other.yaml", {"model": {"seed": 1}, "components": ["text_encoder"], "targets": ["webgpu"]})
+    for config in (default_build, other, default_build):
+        executed, _ = doit(f"config={config}", "text_encoder_only", env=dist)
+        assert "text_encoder_only" in executed
+        manifest = json.loads((tmp_path / "dist" / "manifest.json").read_text())
+        assert manifest["build"]["config"] == str(Path(config).resolve())
+    executed, _ = doit(f"config={default_build}", "text_encoder_only", env=dist)
+    assert executed == []
+
+
+def test_listing_tasks_needs_no_npm(tmp_path: Path) -> None:
+    """Without web/node_modules `doit list` works; the task that installs it says what it needs."""
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, checkout / name)
+    assert not (checkout / "web" / "node_modules").exists()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # python, but no npm or node
+    run = lambda *args: subprocess.run([sys.executable, "-m", "doit", *args], cwd=checkout, capture_output=True, text=True, env=env)
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert "web_packages" in listed.stdout and "build_tokenizer_wasm" in listed.stdout
+    needs_npm = run("web_packages")
+    assert needs_npm.returncode != 0
+    assert "npm not found: install Node.js and npm" in needs_npm.stdout + needs_npm.stderr
+    assert "Traceback" not in needs_npm.stdout + needs_npm.stderr

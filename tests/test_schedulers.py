@@ -46,3 +46,30 @@ def test_plan_matches_diffusers(name: str, spacing: str, steps: int) -> None:
 def test_unknown_scheduler_is_named() -> None:
     with pytest.raises(ValueError, match="allowed: dpm-solver, pndm"):
         schedulers.plan("euler", SD15, 20)
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_most_steps_is_what_diffusers_can_run(name: str, spacing: str) -> None:
+    """The bound the CLI and the page give: the most steps with valid, finite coefficients; one
+    more would repeat a timestep (NaN in diffusers too) or run past the training schedule."""
+    config = dict(PNDMScheduler.from_config({**SD15, "timestep_spacing": spacing}).config)
+    most = schedulers.max_steps(name, config)
+    plan = schedulers.plan(name, config, most)
+    assert all(np.isfinite(s.sample_coeffs).all() and np.isfinite(s.eps_coeffs).all() for s in plan)
+    reference = CLASSES[name].from_config(config)
+    reference.set_timesteps(most)
+    assert [s.timestep for s in plan] == reference.timesteps.tolist()
+    with pytest.raises(ValueError, match=f"steps must be from 1 to {most} for {name}, got {most + 1}"):
+        schedulers.plan(name, config, most + 1)
+    with pytest.raises(ValueError, match=f"got 0"):
+        schedulers.plan(name, config, 0)
+
+
+@pytest.mark.parametrize("name, steps, progress", [
+    ("dpm-solver", 4, [1, 2, 3, 4]),
+    ("pndm", 4, [0, 1, 2, 3, 4]),  # PNDM's warm-up evaluation counts no step, as diffusers' bar
+])
+def test_progress_counts_the_steps_asked_for(name: str, steps: int, progress: list[int]) -> None:
+    config = dict(PNDMScheduler.from_config(SD15).config)
+    assert [s.progress for s in schedulers.plan(name, config, steps)] == progress

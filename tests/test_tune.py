@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import doit, write_config
+from conftest import doit, layout_of, write_config
 from websd import relax_io
 from websd.config import load_config
 from websd.paths import TUNING_DATABASE_FILES, Layout
@@ -39,7 +39,7 @@ def records(database: Path) -> list[dict]:
 
 
 def scheduled_kernels(config: Path, target: str) -> set[str]:
-    module = relax_io.load_module(Layout(load_config(config).name).scheduled("unet", target))
+    module = relax_io.load_module(layout_of(config).scheduled("unet", target))
     return {gv.name_hint for gv, f in module.functions.items() if "tirx.is_scheduled" in (f.attrs or {})}
 
 
@@ -66,3 +66,17 @@ def test_apply_db_replays_the_database(tuned) -> None:
     shutil.copytree(database / "llvm", database / "cuda")
     doit(f"config={config}", "apply_db:unet@webgpu")
     assert scheduled_kernels(config, "webgpu") == tuned_kernels
+
+
+def test_failed_measurements_are_reported_and_never_stored(tuned) -> None:
+    """A candidate that cannot be built or run in time is named, retried, and not kept: the
+    database keeps only real measurements (MetaSchedule records a failure as 1e10 s)."""
+    config, database = tuned
+    measurements = lambda: sorted(json.dumps(record[1]) for record in records(database / "llvm"))  # noqa: E731
+    before = measurements()
+    write_config(config, {"stages": {"tune": {"kernels": 3, "timeout_s": 0.001}}}, base=config)
+    _, result = doit(f"config={config}", "tune")
+    assert "failed to build or run (not stored), e.g.: LocalBuilder: Timeout" in result.stdout
+    assert "no candidate could be measured; trying once more" in result.stdout
+    assert measurements() == before
+    assert all(record[1][1] != [1e10] for record in records(database / "llvm"))

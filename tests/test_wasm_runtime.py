@@ -20,7 +20,8 @@ from tvm.script import relax as R
 from stages.build_runtime import build_runtime, runtime_dir
 from websd.wasm import RUNTIME_OBJECTS, export_wasm
 
-from browser import TVMJS, http_server, run_page
+from browser import http_server, run_page
+from websd.paths import TVMJS
 
 TARGET = tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
 

@@ -7,6 +7,9 @@ runners feed it, so the exported graph is the whole of what runs on the device:
     unet          latents [2, 4, h, w], t [1] float32,
                   embeddings [2, 77, D] (uncond, cond)   -> noise prediction [2, 4, h, w]
     vae_decoder   latents [1, 4, h, w]                   -> image [1, 3, H, W] in [0, 1]
+
+A component's library has one function per batch the pipeline runs it at
+(`websd.architecture.ENTRIES`), all taking the same weights.
 """
 
 from __future__ import annotations
@@ -19,10 +22,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from transformers import CLIPTextModel
 
+from .architecture import ENTRIES, latent_shape, read_vae_config
 from .tokenizer import MAX_LENGTH
-
-LATENT_CHANNELS = 4
-VAE_SCALE = 8  # pixels per latent, for every SD 1.x VAE
 
 
 class TextEncoder(torch.nn.Module):
@@ -75,20 +76,21 @@ def load_component(name: str, model_dir: Path) -> torch.nn.Module:
     return module.eval().requires_grad_(False)
 
 
-def signature(name: str, model_dir: Path, height: int, width: int) -> dict:
-    """Shapes and dtypes of a component's inputs and output, from the pipeline's configs."""
-    latent = [LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE]
+def signature(name: str, model_dir: Path, height: int, width: int, entry: str = "main") -> dict:
+    """Shapes and dtypes of the inputs and output of a component's function, from the pipeline's configs."""
+    if entry not in ENTRIES.get(name, {}):
+        raise ValueError(f"unknown function {name}.{entry}")
+    batch = ENTRIES[name][entry]
+    latents = {"shape": latent_shape(read_vae_config(model_dir), height, width, batch), "dtype": "float32"}
     dim = json.loads((model_dir / "text_encoder" / "config.json").read_text())["hidden_size"]
-    embeddings = {"shape": [1, MAX_LENGTH, dim], "dtype": "float32"}
+    embeddings = {"shape": [batch, MAX_LENGTH, dim], "dtype": "float32"}
     if name == "text_encoder":
-        return {"inputs": [{"shape": [1, MAX_LENGTH], "dtype": "int32"}], "output": embeddings}
+        return {"inputs": [{"shape": [batch, MAX_LENGTH], "dtype": "int32"}], "output": embeddings}
     if name == "unet":
-        batch = {"shape": [2, *latent], "dtype": "float32"}
         timestep = {"shape": [1], "dtype": "float32"}
-        return {"inputs": [batch, timestep, {**embeddings, "shape": [2, MAX_LENGTH, dim]}], "output": batch}
-    if name == "vae_decoder":
-        return {"inputs": [{"shape": [1, *latent], "dtype": "float32"}], "output": {"shape": [1, 3, height, width], "dtype": "float32"}}
-    raise ValueError(f"unknown component {name!r}")
+        return {"inputs": [latents, timestep, embeddings], "output": latents}
+    image = {"shape": [batch, 3, height, width], "dtype": "float32"}
+    return {"inputs": [latents], "output": image}
 
 
 def example_inputs(signature: dict) -> tuple[torch.Tensor, ...]:

@@ -6,6 +6,7 @@ surfaces as a traceback from deep inside a stage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .architecture import read_vae_config, vae_scale_factor
 from .targets import TUNABLE
 
 COMPONENTS = ["text_encoder", "unet", "vae_decoder"]
@@ -109,8 +111,9 @@ SCHEMA = _object(
                         "kernels": {"type": "integer", "minimum": 1},
                         "trials": {"type": "integer", "minimum": 1},
                         "minutes": {"type": "number", "exclusiveMinimum": 0},
+                        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
                     },
-                    ["component", "target", "kernels", "trials", "minutes"],
+                    ["component", "target", "kernels", "trials", "minutes", "timeout_s"],
                 ),
             },
             ["export_fx", "import_relax", "legalize", "apply_db", "memory_plan", "build", "shard_params", "dist"],
@@ -134,6 +137,12 @@ class Config:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def build_key(self) -> str:
+        """The name of this config's build tree: its file name plus a digest of its full path, so
+        two configs of the same name (other folders) never share a build."""
+        return f"{self.name}-{hashlib.sha256(str(self.path).encode()).hexdigest()[:8]}"
 
     @property
     def model(self) -> dict[str, Any]:
@@ -226,7 +235,7 @@ def load_config(path: str | Path) -> Config:
     if errors:
         raise ConfigError(f"{path}: " + "\n".join(_explain(e) for e in errors))
     config = Config(path=path.resolve(), raw=raw)
-    _check_paths(config)
+    _check_model(config)
     return config
 
 
@@ -243,16 +252,31 @@ def find_pretrained(path: str) -> Path | None:
         return None
 
 
-def _check_paths(config: Config) -> None:
+def _check_image_size(config: Config, vae: dict) -> None:
+    """The latents must cover the image exactly: a size the VAE does not divide would decode to
+    another size than the one configured."""
+    scale = vae_scale_factor(vae)
+    for key in ("height", "width"):
+        size = config.raw["image"][key]
+        if size % scale:
+            raise ConfigError(
+                f"{config.path}: image.{key}: {size} is not a multiple of {scale}, the model's VAE scale "
+                "factor (pixels per latent)"
+            )
+
+
+def _check_model(config: Config) -> None:
     if config.model["source"] == "pretrained":
         path = config.model["path"]
-        if find_pretrained(path) is None:
+        folder = find_pretrained(path)
+        if folder is None:
             raise ConfigError(
                 f"{config.path}: model.path: {path!r} is neither a local folder nor in the Hugging Face "
                 "cache. Put the diffusers pipeline folder (with model_index.json, unet/, vae/, "
                 "text_encoder/, tokenizer/, scheduler/) there, or download it once with "
                 f"`huggingface-cli download {path}` on a machine that reaches the hub."
             )
+        vae = read_vae_config(folder)
     else:
         arch = config.architecture_path
         if not arch.is_file():
@@ -262,6 +286,8 @@ def _check_paths(config: Config) -> None:
             raise ConfigError(
                 f"{config.path}: model.architecture: {arch} lacks the section(s) {', '.join(sorted(missing))}"
             )
+        vae = json.loads(arch.read_text())["vae"]
+    _check_image_size(config, vae)
     database = config.database_path
     if database.exists() and not database.is_dir():
         raise ConfigError(f"{config.path}: stages.apply_db.database: {database} is not a folder")

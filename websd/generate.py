@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from . import schedulers
-from .components import LATENT_CHANNELS, VAE_SCALE
+from .architecture import latent_shape, read_vae_config
 from .config import COMPONENTS, Config
+from .inputs import check_guidance, check_seed, check_steps
 from .paths import Layout, model_folder
 from .runtime import Component, NotBuiltError
 from .tokenizer import token_ids
@@ -59,7 +60,7 @@ class Generator:
 
         self.tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
         self.scheduler_config = scheduler_config(model)
-        self.latent_shape = (1, LATENT_CHANNELS, height // VAE_SCALE, width // VAE_SCALE)
+        self.latent_shape = tuple(latent_shape(read_vae_config(model), height, width))
         self.text_encoder, self.unet, self.vae_decoder = (components[name] for name in COMPONENTS)
 
     @classmethod
@@ -72,23 +73,37 @@ class Generator:
         }
         return cls(model_folder(layout.model), config.height, config.width, components)
 
-    def __call__(self, prompt: str, negative_prompt: str, seed: int, steps: int, scheduler: str, guidance: float):
+    def max_steps(self, scheduler: str) -> int:
+        return schedulers.max_steps(scheduler, self.scheduler_config)
+
+    def check(self, seed: int, steps: int, scheduler: str, guidance: float) -> None:
+        """Raise InputError for inputs diffusers would refuse or that cannot give an image."""
+        check_seed(seed)
+        check_guidance(guidance)
+        check_steps(steps, scheduler, self.max_steps(scheduler))
+
+    def __call__(self, prompt: str, negative_prompt: str, seed: int, steps: int, scheduler: str, guidance: float, on_step=None):
+        """The image for these inputs, and the time each part took. `on_step(done, total)`
+        follows the denoising steps."""
+        self.check(seed, steps, scheduler, guidance)
         timings = Timings()
+        # As diffusers: classifier-free guidance only above 1; else the prompt alone, at batch 1.
+        guided = guidance > 1
         with timings.part("tokenize"):
-            ids = [token_ids(self.tokenizer, text) for text in (negative_prompt, prompt)]
+            ids = [token_ids(self.tokenizer, text) for text in ([negative_prompt, prompt] if guided else [prompt])]
         with timings.part("text_encoder"):
             embeddings = np.concatenate([self.text_encoder(i) for i in ids])  # uncond first, as diffusers
 
-        plan = schedulers.plan(scheduler, self.scheduler_config, steps)
-        samples, eps = [initial_latents(seed, self.latent_shape)], []
-        for step in plan:
+        def predict_noise(x: np.ndarray, timestep: int) -> np.ndarray:
+            t = np.array([timestep], np.float32)
             with timings.part("unet"):
-                x = samples[0]
-                noise = self.unet(np.concatenate([x, x]), np.array([step.timestep], np.float32), embeddings)
-            with timings.part("scheduler"):
-                uncond, cond = noise[:1], noise[1:]
-                eps = [uncond + guidance * (cond - uncond), *eps][: schedulers.HISTORY]
-                samples = [schedulers.apply_step(step, samples, eps), *samples][: schedulers.HISTORY]
+                if not guided:
+                    return self.unet(x, t, embeddings, function="unguided")
+                uncond, cond = np.split(self.unet(np.concatenate([x, x]), t, embeddings), 2)
+                return uncond + guidance * (cond - uncond)
+
+        plan = schedulers.plan(scheduler, self.scheduler_config, steps)
+        final = schedulers.denoise(plan, initial_latents(seed, self.latent_shape), predict_noise, on_step)
         with timings.part("vae_decoder"):
-            image = self.vae_decoder(samples[0])
+            image = self.vae_decoder(final)
         return to_pixels(image), timings

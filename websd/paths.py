@@ -1,7 +1,9 @@
 """Where every stage reads and writes: the one place that knows the build tree's layout.
 
+Each config builds into its own tree, build/<config>/, named by Config.build_key.
+
     build/<config>/model.json                         make_model
-    build/<config>/<component>/exported.pt2           export_fx
+    build/<config>/<component>/<function>.pt2         export_fx (one per function: main, ...)
     build/<config>/<component>/imported.json, .npz    import_relax
     build/<config>/<component>/legalized.json         legalize
     build/<config>/<component>/<target>/scheduled.json    apply_db
@@ -25,6 +27,13 @@ BUILD = Path(os.environ.get("WEBSD_BUILD", ROOT / "build"))
 DIST = Path(os.environ.get("WEBSD_DIST", ROOT / "dist"))
 
 
+# The page's npm packages, pinned by web/package-lock.json (the web_packages task installs them).
+WEB = ROOT / "web"
+NODE_MODULES = WEB / "node_modules"
+TVMJS = NODE_MODULES / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
+WEB_TOKENIZERS = NODE_MODULES / "@mlc-ai" / "web-tokenizers" / "lib" / "index.js"
+SPARK_MD5 = NODE_MODULES / "spark-md5" / "spark-md5.js"
+
 # A MetaSchedule JSON database: the files of one tuning_db/<target>/ folder.
 TUNING_DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 
@@ -46,13 +55,13 @@ def library_suffix(target: str) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """The build tree of one config."""
+    """The build tree of one config (`key`: its Config.build_key)."""
 
-    config_name: str
+    key: str
 
     @property
     def root(self) -> Path:
-        return BUILD / self.config_name
+        return BUILD / self.key
 
     @property
     def doit_db(self) -> Path:
@@ -70,8 +79,8 @@ class Layout:
     def component_dir(self, component: str) -> Path:
         return self.root / component
 
-    def exported(self, component: str) -> Path:
-        return self.component_dir(component) / "exported.pt2"
+    def exported(self, component: str, entry: str) -> Path:
+        return self.component_dir(component) / f"{entry}.pt2"
 
     def imported(self, component: str) -> Path:
         return self.component_dir(component) / "imported.json"

@@ -37,9 +37,10 @@ class Component:
         weights, _ = tvmjs.load_tensor_cache(str(tensor_cache), self.device)
         self.weights = [weights[f"{name}_{i}"] for i in range(len(weights))]
 
-    def __call__(self, *inputs: np.ndarray) -> np.ndarray:
+    def __call__(self, *inputs: np.ndarray, function: str = "main") -> np.ndarray:
+        """One of the component's functions (websd.architecture.ENTRIES) on these inputs."""
         import tvm
 
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
-        out = self.vm["main"](*args, *self.weights)
-        return out[0].numpy()  # every component returns a 1-tuple
+        out = self.vm[function](*args, *self.weights)
+        return out[0].numpy()  # every function returns a 1-tuple

@@ -4,6 +4,7 @@
 //   websd.pipeline  the loaded pipeline, once ready
 //   websd.loadPipeline, websd.loadManifest
 
+import { checkInputs } from "./inputs.js";
 import { loadManifest, loadPipeline } from "./pipeline.js";
 
 const $ = (id) => document.getElementById(id);
@@ -22,30 +23,42 @@ function setUpForm(manifest) {
   $("prompt").value = d.prompt;
   $("negative-prompt").value = d.negative_prompt;
   $("seed").value = d.seed;
-  Object.assign($("steps"), { max: manifest.max_steps, value: d.steps });
+  $("steps").value = d.steps;
   $("guidance").value = d.guidance;
   for (const name of manifest.schedulers) $("scheduler").add(new Option(name, name, false, name === d.scheduler));
   $("encode-prompt").value = d.prompt;
   Object.assign($("image"), manifest.image); // {height, width}
 }
 
-async function generate(pipeline) {
-  $("generate").disabled = true; // one generation at a time
+const FIELDS = ["seed", "steps", "guidance"];
+
+// Check the form's values (inputs.js: the CLI's rules); show each problem next to its field.
+// Returns the parsed inputs, or null when any is out of range.
+function readInputs(manifest) {
+  const inputs = checkInputs({
+    seed: $("seed").value, steps: $("steps").value, scheduler: $("scheduler").value, guidance: $("guidance").value,
+  }, manifest.max_steps);
+  for (const field of FIELDS) {
+    const message = inputs.errors?.[field];
+    Object.assign($(`${field}-error`), { textContent: message ?? "", hidden: message === undefined });
+    $(field).setAttribute("aria-invalid", String(message !== undefined));
+  }
+  return inputs.errors ? null : inputs;
+}
+
+async function generate(pipeline, inputs) {
+  $("generate").disabled = true; // one generation at a time (the caller turns it back on)
   $("error").hidden = true;
-  const steps = Number($("steps").value);
-  Object.assign($("steps-progress"), { value: 0, max: steps });
+  Object.assign($("steps-progress"), { value: 0, max: inputs.steps });
   const started = performance.now();
   try {
     const { pixels, width, height } = await pipeline.generate({
+      ...inputs,
       prompt: $("prompt").value,
       negativePrompt: $("negative-prompt").value,
-      seed: Number($("seed").value),
-      steps,
-      scheduler: $("scheduler").value,
-      guidance: Number($("guidance").value),
-      onStep: (i, n) => {
-        $("steps-progress").value = i;
-        $("status").textContent = `Step ${i} of ${n}…`;
+      onStep: (done, total) => {
+        $("steps-progress").value = done;
+        $("status").textContent = `Step ${done} of ${total}…`;
       },
     });
     const canvas = $("image");
@@ -54,8 +67,6 @@ async function generate(pipeline) {
     $("status").textContent = `Done in ${((performance.now() - started) / 1000).toFixed(1)} s.`;
   } catch (error) {
     showError(error);
-  } finally {
-    $("generate").disabled = false;
   }
 }
 
@@ -79,8 +90,17 @@ async function main() {
   $("encode").disabled = false;
   $("encode").onclick = () => encodeDemo(pipeline).catch(showError);
   if (pipeline.canGenerate) {
-    $("generate").disabled = false;
-    $("controls").onsubmit = (event) => { event.preventDefault(); generate(pipeline); };
+    let running = false;
+    const revalidate = () => { $("generate").disabled = running || readInputs(manifest) === null; };
+    $("controls").oninput = revalidate; // the button stays off while any value is out of range
+    $("controls").onsubmit = async (event) => {
+      event.preventDefault();
+      const inputs = readInputs(manifest);
+      if (inputs === null || running) return; // Enter in a field submits without the button
+      running = true;
+      try { await generate(pipeline, inputs); } finally { running = false; revalidate(); }
+    };
+    revalidate();
     $("status").textContent = "Ready.";
   } else {
     $("controls").hidden = true;

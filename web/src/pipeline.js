@@ -4,15 +4,17 @@
 //   const emb = await sd.encode("a cat");                       // Float32Array [1, 77, D]
 //   const { pixels, width, height } = await sd.generate({ prompt: "a cat", seed: 1 });
 //
-// It mirrors websd/generate.py step for step: tokenize, encode the negative prompt then the
-// prompt, draw the latents as torch.randn does for the seed, run the scheduler plan with
-// classifier-free guidance (UNet at batch 2: [x, x] with [uncond, cond]), decode with the VAE.
+// It mirrors websd/generate.py step for step: check the inputs (inputs.js), tokenize, encode the
+// prompt (and the negative prompt when guidance is above 1), draw the latents as torch.randn
+// does for the seed, run the scheduler plan (with classifier-free guidance: UNet at batch 2,
+// [x, x] with [uncond, cond]; without: at batch 1), decode with the VAE.
 //
 // Each component (text_encoder, unet, vae_decoder) is its own .wasm, so its own tvmjs instance;
 // they share one GPUDevice and pass tensors through the CPU (small: latents and embeddings).
 
+import { checkInputs, InputError } from "./inputs.js";
 import { randn } from "./randn.js";
-import { denoise } from "./scheduler.js";
+import { denoise, guide } from "./scheduler.js";
 import { loadTokenizer } from "./tokenizer.js";
 import { ensureWeights, paramsUrl } from "./weights.js";
 
@@ -76,7 +78,11 @@ export async function requestDevice(requiredLimits = {}) {
   });
 }
 
-/** One compiled component: a tvmjs instance with its VM and weights on the GPU. */
+/**
+ * One compiled component: a tvmjs instance with its VM and weights on the GPU. Returns its
+ * functions by name (manifest `functions`: the UNet has `main` at batch 2 and `unguided` at
+ * batch 1), each taking typed arrays and returning its output as a typed array.
+ */
 async function loadComponent(baseUrl, device, name, spec) {
   const wasm = await (await fetchOk(new URL(spec.wasm, baseUrl))).arrayBuffer();
   const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), console.log);
@@ -88,16 +94,14 @@ async function loadComponent(baseUrl, device, name, spec) {
   // The shards are in the cache already (ensureWeights), so this only reads and uploads them.
   await tvm.fetchTensorCache(paramsUrl(baseUrl, spec), dev, CACHE_SCOPE);
   const params = tvm.getParamsFromCache(name, spec.num_params);
-  // Relax `main` takes the inputs, then every weight as its own argument.
+  // Each Relax function takes the inputs, then every weight as its own argument.
   const weights = Array.from({ length: params.size() }, (_, i) => params.get(i));
-  const main = vm.getFunction("main");
 
-  /** Run main on typed arrays (one per manifest input); returns the output as a typed array. */
-  return async function call(...inputs) {
+  const call = (func, inputSpecs) => async (...inputs) => {
     tvm.beginScope(); // everything made for this call is freed at endScope
     try {
-      const args = spec.inputs.map((s, i) => tvm.empty(s.shape, s.dtype, dev).copyFrom(inputs[i]));
-      const out = main(...args, ...weights).get(0); // main returns a 1-tuple
+      const args = inputSpecs.map((s, i) => tvm.empty(s.shape, s.dtype, dev).copyFrom(inputs[i]));
+      const out = func(...args, ...weights).get(0); // every function returns a 1-tuple
       const host = tvm.empty(out.shape, out.dtype, tvm.cpu()).copyFrom(out);
       await dev.sync();
       return host.toArray(); // a copy, valid after the scope ends
@@ -105,6 +109,8 @@ async function loadComponent(baseUrl, device, name, spec) {
       tvm.endScope();
     }
   };
+  return Object.fromEntries(Object.entries(spec.functions)
+    .map(([entry, signature]) => [entry, call(vm.getFunction(entry), signature.inputs)]));
 }
 
 /**
@@ -140,35 +146,37 @@ export async function loadPipeline(baseUrl, { onWeightsProgress, onStatus = () =
     return result;
   };
 
-  const encodeNow = (prompt) => run.text_encoder(tokenizer.encode(prompt));
+  const encodeNow = (prompt) => run.text_encoder.main(tokenizer.encode(prompt));
 
   async function generateNow(options) {
-    const o = { ...manifest.defaults, ...options };
-    o.negativePrompt = options.negativePrompt ?? manifest.defaults.negative_prompt ?? "";
     if (!canGenerate) throw new Error("this build has only the text encoder: it cannot generate images");
-    if (!Number.isInteger(o.steps) || o.steps < 1 || o.steps > manifest.max_steps) {
-      throw new Error(`steps must be an integer from 1 to ${manifest.max_steps}, got ${o.steps}`);
-    }
-    if (!Number.isInteger(o.seed)) throw new Error(`seed must be an integer, got ${o.seed}`);
-    const plan = schedulers[o.scheduler]?.[String(o.steps)];
-    if (plan === undefined) throw new Error(`unknown scheduler ${o.scheduler} (${manifest.schedulers.join(", ")})`);
+    const o = { ...manifest.defaults, ...options };
+    const inputs = checkInputs(o, manifest.max_steps);
+    if (inputs.errors) throw new InputError(...Object.entries(inputs.errors)[0]);
+    const { seed, steps, scheduler, guidance } = inputs;
+    const plan = schedulers[scheduler][String(steps)];
 
-    // Unconditional (negative prompt) first, as diffusers concatenates them.
-    const uncond = await encodeNow(o.negativePrompt);
+    // As diffusers: classifier-free guidance only above 1, with the negative prompt first in the
+    // batch; else the prompt alone through the UNet's batch-1 function.
+    const guided = guidance > 1;
     const cond = await encodeNow(o.prompt);
-    const embeddings = new Float32Array(uncond.length * 2);
-    embeddings.set(uncond, 0);
-    embeddings.set(cond, uncond.length);
-
-    const latents = randn(o.seed, manifest.latent_shape);
-    const batch = new Float32Array(latents.length * 2);
-    const predictNoise = (x, timestep) => {
-      batch.set(x, 0);
-      batch.set(x, x.length);
-      return run.unet(batch, Float32Array.of(timestep), embeddings);
-    };
-    const final = await denoise({ plan, latents, guidance: o.guidance, predictNoise, onStep: o.onStep });
-    const image = await run.vae_decoder(final); // [1, 3, H, W] in [0, 1]
+    const latents = randn(seed, manifest.latent_shape);
+    let predictNoise = (x, timestep) => run.unet.unguided(x, Float32Array.of(timestep), cond);
+    if (guided) {
+      const uncond = await encodeNow(o.negativePrompt ?? manifest.defaults.negative_prompt ?? "");
+      const embeddings = new Float32Array(uncond.length * 2);
+      embeddings.set(uncond, 0);
+      embeddings.set(cond, uncond.length);
+      const batch = new Float32Array(latents.length * 2);
+      predictNoise = async (x, timestep) => {
+        batch.set(x, 0);
+        batch.set(x, x.length);
+        const noise = await run.unet.main(batch, Float32Array.of(timestep), embeddings);
+        return guide(noise.subarray(0, x.length), noise.subarray(x.length), guidance);
+      };
+    }
+    const final = await denoise({ plan, latents, predictNoise, onStep: o.onStep });
+    const image = await run.vae_decoder.main(final); // [1, 3, H, W] in [0, 1]
 
     const { height, width } = manifest.image;
     const pixels = new Uint8ClampedArray(width * height * 4);
@@ -186,7 +194,11 @@ export async function loadPipeline(baseUrl, { onWeightsProgress, onStatus = () =
     components: Object.keys(run),
     /** Embeddings [1, max_length, D] of one prompt, as a flat Float32Array. */
     encode: (prompt) => serial(() => encodeNow(prompt)),
-    /** {prompt, negativePrompt, seed, steps, scheduler, guidance, onStep(i, n)} -> RGBA pixels. */
+    /**
+     * {prompt, negativePrompt, seed, steps, scheduler, guidance, onStep(done, total)} -> RGBA
+     * pixels. seed: a BigInt, a safe integer or a decimal string. Throws an InputError (with its
+     * `field`) for an input out of range, before any GPU work.
+     */
     generate: (options = {}) => serial(() => generateNow(options)),
   };
 }

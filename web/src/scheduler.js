@@ -1,5 +1,5 @@
 // Executes a scheduler plan (schedulers.json, written from websd/schedulers) exactly as
-// websd/generate.py does with numpy, so the browser's latents follow the native ones.
+// websd.schedulers.denoise does with numpy, so the browser's latents follow the native ones.
 //
 // A plan step is {timestep, sample: [c0..c4], eps: [c0..c4]} and means
 //   x_next = sum_k sample[k] * x[i-k] + sum_k eps[k] * eps[i-k]      (k = 0 is the newest).
@@ -39,21 +39,18 @@ export function applyStep(step, samples, eps) {
 }
 
 /**
- * Run a whole plan from `latents`. `predictNoise(x, timestep)` returns the UNet's output for
- * the batch [x, x] with embeddings [uncond, cond]: a Float32Array of 2 * x.length, uncond first.
- * Returns the final latents.
+ * Run a whole plan from `latents`. `predictNoise(x, timestep)` returns the (guided) noise
+ * prediction for x. `onStep(done, total)` follows the steps as diffusers counts them (each plan
+ * step's `progress`: PNDM's warm-up evaluation counts no step). Returns the final latents.
  */
-export async function denoise({ plan, latents, guidance, predictNoise, onStep }) {
+export async function denoise({ plan, latents, predictNoise, onStep }) {
   let samples = [latents];
   let eps = [];
-  for (let i = 0; i < plan.length; i++) {
-    const step = plan[i];
-    const noise = await predictNoise(samples[0], step.timestep);
-    const n = latents.length;
-    const guided = guide(noise.subarray(0, n), noise.subarray(n, 2 * n), guidance);
-    eps = [guided, ...eps].slice(0, HISTORY);
+  const total = plan[plan.length - 1].progress;
+  for (const step of plan) {
+    eps = [await predictNoise(samples[0], step.timestep), ...eps].slice(0, HISTORY);
     samples = [applyStep(step, samples, eps), ...samples].slice(0, HISTORY);
-    onStep?.(i + 1, plan.length);
+    if (step.progress > 0) onStep?.(step.progress, total);
   }
   return samples[0];
 }

@@ -10,7 +10,10 @@ package, one per scheduler, each checked step by step against diffusers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,14 +24,19 @@ HISTORY = 5
 
 @dataclass(frozen=True)
 class Step:
-    """x_next = sum(sample_coeffs[k] * x[i-k]) + sum(eps_coeffs[k] * eps[i-k]), k = 0 is now."""
+    """x_next = sum(sample_coeffs[k] * x[i-k]) + sum(eps_coeffs[k] * eps[i-k]), k = 0 is now.
+
+    `progress`: how many of the steps asked for are done once this one is: a plan can have more
+    UNet evaluations than steps (PNDM's warm-up), and progress is counted as diffusers' progress
+    bar counts it, so every front end shows "step k of n" alike."""
 
     timestep: int
     sample_coeffs: tuple[float, ...]
     eps_coeffs: tuple[float, ...]
+    progress: int = 0
 
     def to_json(self) -> dict:
-        return {"timestep": self.timestep, "sample": list(self.sample_coeffs), "eps": list(self.eps_coeffs)}
+        return {"timestep": self.timestep, "sample": list(self.sample_coeffs), "eps": list(self.eps_coeffs), "progress": self.progress}
 
 
 def make_step(timestep: int, sample: dict[int, float], eps: dict[int, float]) -> Step:
@@ -61,13 +69,54 @@ def apply_step(step: Step, samples: list[np.ndarray], eps: list[np.ndarray]) -> 
     return np.sum(terms, axis=0, dtype=np.float32)
 
 
-def plan(name: str, config: dict, num_steps: int) -> list[Step]:
-    """The steps of scheduler `name` (dpm-solver | pndm) for a diffusers scheduler config."""
+def denoise(plan: list[Step], latents: np.ndarray, predict_noise: Callable, on_step: Callable | None = None) -> np.ndarray:
+    """Run a whole plan from `latents`; `predict_noise(x, timestep)` gives the (guided) noise
+    prediction; `on_step(done, total)` follows each step's progress. Returns the final latents.
+    (web/src/scheduler.js runs the same loop in the page.)"""
+    samples, eps = [latents], []
+    for step in plan:
+        eps = [predict_noise(samples[0], step.timestep), *eps][:HISTORY]
+        samples = [apply_step(step, samples, eps), *samples][:HISTORY]
+        if on_step is not None and step.progress:
+            on_step(step.progress, plan[-1].progress)
+    return samples[0]
+
+
+def _planners() -> dict[str, Callable[[dict, int], list[Step]]]:
     from . import dpm_solver, pndm
 
-    planners = {"dpm-solver": dpm_solver.plan, "pndm": pndm.plan}
-    if name not in planners:
-        raise ValueError(f"unknown scheduler {name!r} (allowed: {', '.join(planners)})")
-    if num_steps < 1:
-        raise ValueError(f"steps must be at least 1, got {num_steps}")
-    return planners[name](config, num_steps)
+    return {"dpm-solver": dpm_solver.plan, "pndm": pndm.plan}
+
+
+def _plans(name: str, config: dict, num_steps: int) -> bool:
+    """Whether the scheduler can plan this many steps: its timesteps exist and every
+    coefficient is finite (too many steps for the training schedule repeat a timestep)."""
+    try:
+        with np.errstate(all="ignore"):
+            steps = _planners()[name](config, num_steps)
+    except ValueError:
+        return False
+    return all(np.isfinite(s.sample_coeffs).all() and np.isfinite(s.eps_coeffs).all() for s in steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _max_steps(name: str, config_json: str) -> int:
+    config = json.loads(config_json)
+    return next(n for n in range(config["num_train_timesteps"], 0, -1) if _plans(name, config, n))
+
+
+def max_steps(name: str, config: dict) -> int:
+    """The most steps scheduler `name` can plan for this diffusers scheduler config."""
+    if name not in _planners():
+        raise ValueError(f"unknown scheduler {name!r} (allowed: {', '.join(_planners())})")
+    return _max_steps(name, json.dumps(config, sort_keys=True))
+
+
+def plan(name: str, config: dict, num_steps: int) -> list[Step]:
+    """The steps of scheduler `name` (dpm-solver | pndm) for a diffusers scheduler config."""
+    most = max_steps(name, config)
+    if not 1 <= num_steps <= most:
+        raise ValueError(f"steps must be from 1 to {most} for {name}, got {num_steps}")
+    steps = _planners()[name](config, num_steps)
+    warm_up = len(steps) - num_steps  # evaluations before the first counted step
+    return [replace(step, progress=max(0, i + 1 - warm_up)) for i, step in enumerate(steps)]

@@ -45,8 +45,11 @@ def plan(config: dict, num_steps: int) -> list[Step]:
     final_cumprod = 1.0 if config.get("set_alpha_to_one", True) else cumprod[0]
     ratio = config["num_train_timesteps"] // num_steps
 
+    timesteps = _timesteps(config, num_steps)
+    if timesteps.max() >= len(cumprod):  # too many steps: the offset runs past the training schedule
+        raise ValueError(f"pndm: {num_steps} steps reach timestep {timesteps.max()} of {len(cumprod)}")
     steps, stored = [], []  # stored: indices of the steps whose predictions PLMS keeps
-    for i, t in enumerate(_timesteps(config, num_steps)):
+    for i, t in enumerate(timesteps):
         if i == 1:  # warm-up: average with step 0, restart from step 0's sample, one step back in time
             t_from, t_to, sample_offset = t + ratio, t, 1
             eps = {0: 0.5, 1: 0.5}
