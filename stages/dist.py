@@ -6,7 +6,8 @@
     <component>.wasm           build_wasm's output
     params/<component>/        shard_params' output
     schedulers.json            every scheduler's plan for 1..max_steps steps
-    manifest.json              shapes, parameter counts, defaults and the GPU limits needed
+    manifest.json              shapes, parameter counts, defaults and the WebGPU limits the
+                               build needs (the page requests those above WebGPU's defaults)
 
 `doit dist` bundles every component; `doit text_encoder_only` only the text encoder (the
 page then offers just its JS API). Both write dist/, replaced whole.
@@ -49,11 +50,15 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: d
     from websd.tokenizer import MAX_LENGTH
 
     model = model_folder(layout.model)
-    entries, largest = {}, 0
+    entries, needs = {}, []
     for component in components:
         records = json.loads((layout.tensor_cache(component) / "tensor-cache.json").read_text())["records"]
         tensors = [t for shard in records for t in shard["records"]]
-        largest = max([largest, json.loads(layout.memory_report(component, "webgpu").read_text())["largest_bytes"]] + [t["nbytes"] for t in tensors])
+        needs.append(required_limits(
+            json.loads(layout.wasm_stats(component).read_text())["limits"],
+            json.loads(layout.memory_report(component, "webgpu").read_text())["largest_bytes"],
+            max(t["nbytes"] for t in tensors),
+        ))
         entries[component] = {
             "wasm": f"{component}.wasm",
             "params": f"params/{component}/",
@@ -78,9 +83,16 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: d
             "scheduler": config.schedulers[0],
         },
         "components": entries,
-        # One buffer holds the largest weight or planned activation block.
-        "required_limits": {"maxStorageBufferBindingSize": largest, "maxBufferSize": largest},
+        "required_limits": {name: max(need[name] for need in needs) for name in needs[0]},
     }
+
+
+def required_limits(kernel_limits: dict[str, int], largest_activation: int, largest_weight: int) -> dict[str, int]:
+    """What a component needs of a WebGPU device: its kernels' limits (build_wasm read them off
+    the WGSL), and buffers as large as its largest planned activation block or weight (each is
+    one buffer, bound whole)."""
+    largest = max(largest_activation, largest_weight)
+    return {"maxStorageBufferBindingSize": largest, "maxBufferSize": largest, **kernel_limits}
 
 
 def scheduler_plans(config: Config, layout: Layout) -> dict:
@@ -142,6 +154,7 @@ def task(config: Config, layout: Layout, components: list[str], doc: str) -> dic
     for component in components:
         file_dep += [
             layout.library(component, "webgpu"),
+            layout.wasm_stats(component),
             layout.memory_report(component, "webgpu"),
             layout.tensor_cache(component) / "tensor-cache.json",
         ]

@@ -15,7 +15,9 @@ from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.architecture import ENTRIES
 from websd.config import Config
+from websd.passes.split_weights import split_wide_tables
 from websd.paths import Layout
+from websd.targets import BINDING_LIMIT
 
 
 def _torch_nearest(node, importer):
@@ -38,7 +40,7 @@ def _torch_nearest(node, importer):
     return importer.block_builder.emit(resized)
 
 
-def _import(exported: Path):
+def _import(exported: Path, binding_limit: int):
     """One exported program as a Relax function and its weights by PyTorch name, in its order."""
     import torch
     from tvm import relax
@@ -54,16 +56,17 @@ def _import(exported: Path):
     named = list(program.named_parameters())
     if [tuple(p.shape) for _, p in named] != [tuple(w.shape) for w in weights]:
         raise RuntimeError(f"{exported}: the imported weights do not follow the program's parameters")
-    return mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}
+    # Tables a WebGPU kernel could not bind whole (CLIP's token embedding) go in column blocks.
+    return split_wide_tables(mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}, binding_limit)
 
 
-def import_relax(exported: dict[str, Path], module_out: Path, params_out: Path) -> None:
+def import_relax(exported: dict[str, Path], module_out: Path, params_out: Path, binding_limit: int = BINDING_LIMIT) -> None:
     """`exported`: the component's function name -> its exported program, `main` first."""
     import tvm
 
     functions, params = {}, None
     for entry, path in exported.items():
-        function, weights = _import(path)
+        function, weights = _import(path, binding_limit)
         functions[entry] = function.with_attr("global_symbol", entry)
         if params is None:
             params = weights
@@ -85,5 +88,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),
-            sources=(__file__, WEBSD_DIR / "relax_io.py"),
+            sources=(__file__, WEBSD_DIR / "relax_io.py", WEBSD_DIR / "passes" / "split_weights.py", WEBSD_DIR / "targets.py"),
         )

@@ -12,14 +12,17 @@ from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
 from websd.paths import Layout
+from websd.targets import BINDING_LIMIT
 
 
-def passes() -> list:
+def passes(binding_limit: int = BINDING_LIMIT) -> list:
     from tvm import relax
 
     from websd.passes.group_norm import split_group_norm
+    from websd.passes.split_wide import split_wide_tensors
 
     return [
+        split_wide_tensors(binding_limit),  # no tensor larger than a WebGPU binding (VAE at 512x512)
         split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
         relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque
@@ -29,10 +32,10 @@ def passes() -> list:
     ]
 
 
-def legalize(module_in: Path, module_out: Path) -> None:
+def legalize(module_in: Path, module_out: Path, binding_limit: int = BINDING_LIMIT) -> None:
     import tvm
 
-    mod = tvm.transform.Sequential(passes())(relax_io.load_module(module_in))
+    mod = tvm.transform.Sequential(passes(binding_limit))(relax_io.load_module(module_in))
     kernels = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
     print(f"legalize: {module_in.parent.name}: {kernels} fused kernels")
     relax_io.save_module(mod, module_out)
@@ -48,5 +51,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.legalized(component)],
             options=config.stage("legalize"),
             tools=("apache-tvm", "apache-tvm-ffi"),
-            sources=(__file__, WEBSD_DIR / "passes" / "group_norm.py"),
+            sources=(__file__, *sorted((WEBSD_DIR / "passes").glob("*.py")), WEBSD_DIR / "targets.py"),
         )

@@ -54,6 +54,9 @@ class VaeDecoder(torch.nn.Module):
     def __init__(self, model: AutoencoderKL):
         super().__init__()
         model.set_attn_processor(AttnProcessor())
+        # decode() never runs the encoder: without it its weights are not parameters of the
+        # export, so the page does not download them (34M for SD 1.x).
+        model.encoder = model.quant_conv = None
         self.model = model
         self.scaling_factor = model.config.scaling_factor
 

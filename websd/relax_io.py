@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,13 @@ def save_tensor_cache(component: str, params: dict[str, np.ndarray], out_dir: Pa
 def tensor_cache_param_names(cache_dir: Path) -> list[str]:
     """The PyTorch name of each weight of a tensor cache, in `main`'s order."""
     return json.loads((Path(cache_dir) / "tensor-cache.json").read_text())["metadata"]["param_names"]
+
+
+def select_weights(weights: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The weights a tensor cache names, from a model's own (e.g. a state dict): a name is a
+    PyTorch parameter's, or one with a column block, `name[:, a:b]` (websd.passes.split_weights)."""
+    chosen = {}
+    for name in names:
+        block = re.fullmatch(r"(.+)\[:, (\d+):(\d+)\]", name)
+        chosen[name] = np.ascontiguousarray(weights[block[1]][:, int(block[2]):int(block[3])]) if block else weights[name]
+    return chosen

@@ -6,6 +6,22 @@ from __future__ import annotations
 WASM_HOST = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"}
 NATIVE = ("llvm", "cuda")
 
+# What a WebGPU device offers unless the page asks for more (the spec's defaults): the build
+# keeps within them, and the page requests only what exceeds them (manifest required_limits).
+WEBGPU_DEFAULT_LIMITS = {
+    "maxStorageBufferBindingSize": 134_217_728,
+    "maxBufferSize": 268_435_456,
+    "maxStorageBuffersPerShaderStage": 8,
+    "maxComputeWorkgroupStorageSize": 16_384,
+    "maxComputeInvocationsPerWorkgroup": 256,
+    "maxComputeWorkgroupSizeX": 256,
+    "maxComputeWorkgroupSizeY": 256,
+    "maxComputeWorkgroupSizeZ": 64,
+}
+# The largest tensor a kernel can bind on any WebGPU device: the import and legalize passes
+# split weights and activations to fit it.
+BINDING_LIMIT = WEBGPU_DEFAULT_LIMITS["maxStorageBufferBindingSize"]
+
 
 def tvm_target(name: str):
     import tvm

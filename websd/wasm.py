@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,41 @@ def webgpu_source(executable) -> str:
             "Apply GPU schedules (tvm.s_tir.dlight gpu rules inside `with target:`) before tvm.compile."
         )
     return "".join(m.inspect_source() for m in webgpu)
+
+
+_SCALAR_BYTES = {"f32": 4, "i32": 4, "u32": 4, "f16": 2}
+
+
+def _wgsl_bytes(wgsl_type: str) -> int:
+    """The size of a WGSL workgroup variable's type: scalars, vectors, fixed arrays of them."""
+    wgsl_type = wgsl_type.strip()
+    if array := re.fullmatch(r"array<(.+),\s*(\d+)u?>", wgsl_type):
+        return _wgsl_bytes(array.group(1)) * int(array.group(2))
+    if vector := re.fullmatch(r"vec([234])<(\w+)>", wgsl_type):
+        return int(vector.group(1)) * _SCALAR_BYTES[vector.group(2)]
+    return _SCALAR_BYTES[wgsl_type]
+
+
+def wgsl_limits(wgsl: str) -> dict[str, int]:
+    """What the kernels need of a WebGPU device, by limit name: the most storage buffers, bytes
+    of workgroup memory and invocations of any one kernel, and the largest workgroup sizes.
+    (Each kernel's bindings and workgroup variables precede its @compute entry point.)"""
+    need = dict.fromkeys(("maxStorageBuffersPerShaderStage", "maxComputeWorkgroupStorageSize", "maxComputeInvocationsPerWorkgroup",
+                          "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY", "maxComputeWorkgroupSizeZ"), 0)
+    buffers = workgroup = 0
+    for line in wgsl.splitlines():
+        if "var<storage" in line:
+            buffers += 1
+        elif variable := re.match(r"\s*var<workgroup>\s+\w+\s*:\s*(.+);", line):
+            workgroup += _wgsl_bytes(variable.group(1))
+        elif entry := re.match(r"\s*@compute\s+@workgroup_size\(([^)]*)\)", line):
+            x, y, z = ([int(v) for v in entry.group(1).split(",")] + [1, 1])[:3]
+            kernel = {"maxStorageBuffersPerShaderStage": buffers, "maxComputeWorkgroupStorageSize": workgroup,
+                      "maxComputeInvocationsPerWorkgroup": x * y * z, "maxComputeWorkgroupSizeX": x,
+                      "maxComputeWorkgroupSizeY": y, "maxComputeWorkgroupSizeZ": z}
+            need = {name: max(need[name], kernel[name]) for name in need}
+            buffers = workgroup = 0
+    return need
 
 
 @contextlib.contextmanager
@@ -69,7 +105,8 @@ _create_wasm.object_format = "o"
 
 def export_wasm(executable, out_path: Path, runtime_dir: Path) -> dict:
     """Link `executable` (tvm.compile for webgpu with a wasm32 host) with the runtime bitcode in
-    `runtime_dir` into `out_path`; return the WGSL kernel count and size."""
+    `runtime_dir` into `out_path`; return the WGSL kernel count and size, and the device limits
+    its kernels need."""
     wgsl = webgpu_source(executable)
     missing = [name for name in RUNTIME_OBJECTS if not (Path(runtime_dir) / name).is_file()]
     if missing:
@@ -78,4 +115,4 @@ def export_wasm(executable, out_path: Path, runtime_dir: Path) -> dict:
         )
     with _tvm_home(Path(runtime_dir)), atomic_path(Path(out_path)) as tmp:
         executable.export_library(str(tmp), fcompile=_create_wasm)
-    return {"wgsl_kernels": wgsl.count("@compute"), "wgsl_bytes": len(wgsl.encode())}
+    return {"wgsl_kernels": wgsl.count("@compute"), "wgsl_bytes": len(wgsl.encode()), "limits": wgsl_limits(wgsl)}
