@@ -16,7 +16,7 @@ from .architecture import latent_shape, read_vae_config
 from .config import COMPONENTS, Config
 from .inputs import check_guidance, check_seed, check_steps
 from .paths import Layout, model_folder
-from .runtime import Component, NotBuiltError
+from .runtime import Component, NotBuiltError, release_activations
 from .tokenizer import token_ids
 
 
@@ -104,6 +104,8 @@ class Generator:
 
         plan = schedulers.plan(scheduler, self.scheduler_config, steps)
         final = schedulers.denoise(plan, initial_latents(seed, self.latent_shape), predict_noise, on_step)
+        release_activations()  # the UNet's, before the VAE decoder makes its own
         with timings.part("vae_decoder"):
             image = self.vae_decoder(final)
+        release_activations()
         return to_pixels(image), timings

@@ -44,3 +44,13 @@ class Component:
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
         out = self.vm[function](*args, *self.weights)
         return out[0].numpy()  # every function returns a 1-tuple
+
+
+def release_activations() -> None:
+    """Give back the device memory the VM keeps pooled after calls. Each component's static
+    memory plan is a few large buffers of its own sizes, which the pool keeps for the next call
+    and no other component reuses; released between the parts of a generation, at most one
+    component's activations are held at a time (the weights stay)."""
+    import tvm
+
+    tvm.get_global_func("vm.builtin.memory_manager.clear")()
