@@ -1,0 +1,442 @@
+"""Fused attention: softmax(scale * Q K^T [+ causal mask]) V without a scores tensor in memory.
+
+Two forms of the same computation, with the same signature (q, k, v, out):
+
+- `plain_attention(spec)`: plain TensorIR, target-independent and unscheduled. Per query row it
+  keeps the kv_len scores in a scratch buffer of kv_len floats (never q_len x kv_len), takes their
+  max, sums the exponentials and weights V. The Relax pass (websd/passes/attention.py) emits it,
+  so `llvm` compiles it as it is. It carries the attribute ATTR (the spec, `AttentionSpec`).
+- `flash_attention(spec)`: hand-scheduled GPU kernel (explicit threads, workgroup memory,
+  "tirx.is_scheduled" so dlight leaves it alone). `schedule_attention(target)` swaps it in for every
+  function that carries ATTR; apply_db runs it for GPU targets.
+
+Q, K, V and the output are read and written where the graph has them: each operand is either
+(groups, tokens, head_dim) contiguous, or the (batch, tokens, heads * head_dim) tensor that the
+head split/merge reshapes came from (`Operand.heads` > 0): the kernel indexes it directly, so the
+transposes around the attention disappear. groups = batch * heads; head_dim is contiguous in
+every layout (coalesced loads along it).
+
+The GPU kernel, one workgroup per (group, BQ query rows); within WebGPU's default limits (at most
+256 invocations, 16 KiB workgroup storage, no f16, no i64, no blockIdx.z):
+
+    Q tile -> shared (transposed, once if head_dim fits in one chunk, else per chunk)
+    for each tile of BK keys (causal: only up to the tile's last query):
+        S = Q K^T:    K streamed through shared in head_dim chunks of DCS; each thread keeps a
+                      TQ x TK register tile of S (register blocking as in a tiled GEMM)
+        softmax:      fp32 online softmax. Row maxima combine through shared memory (`red`); each
+                      thread keeps the running max m and its part of the running sum l for its
+                      rows in registers (all threads of a row compute the same m); P = exp(S - m)
+                      goes to shared (transposed), the rescale factor exp(m_old - m) too
+        O += P V:     V streamed through shared in chunks of BKV keys; each thread keeps a
+                      TQO x TD register tile of O, rescaled by exp(m_old - m) first
+    out = O / l  (the partial sums of l combine through `red` once, at the end)
+
+Masked scores (keys past kv_len, causal) are a finite -1e30, never -inf (WGSL rejects `-inff`),
+and their exponentials are exactly 0. The tiles per head dim are `TILES` / `tile_config` (one
+table, documented there): change them there and check with `TileConfig.check`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+ATTR = "websd.attention"
+NEG = -1.0e30  # "minus infinity" for masked scores: finite, so no -inf literal reaches WGSL
+WORKGROUP_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
+WORKGROUP_THREADS = 256  # WebGPU's default maxComputeInvocationsPerWorkgroup
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one of q, k, v, out sits in memory. `shape`: the tensor the kernel takes (the graph's).
+    heads == 0: (groups, tokens, head_dim) contiguous. heads > 0: (groups // heads, tokens, heads,
+    head_dim) contiguous, i.e. a (batch, tokens, heads * head_dim) tensor."""
+
+    shape: tuple[int, ...]
+    heads: int = 0
+
+    def offset(self, group, tokens: int, token, head_dim: int, d):
+        """Flat offset of element (group, token, d); TIR expressions in, TIR expression out."""
+        if self.heads:
+            h = self.heads
+            return ((group // h) * tokens + token) * (h * head_dim) + (group % h) * head_dim + d
+        return (group * tokens + token) * head_dim + d
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    groups: int  # batch * heads
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool  # key j sees query i iff j <= i (top-left aligned, as torch's is_causal)
+    scale: float
+    q: Operand
+    k: Operand
+    v: Operand
+    out: Operand
+
+    def __post_init__(self):
+        for name, tokens in (("q", self.q_len), ("k", self.kv_len), ("v", self.kv_len), ("out", self.q_len)):
+            op = getattr(self, name)
+            if op.numel != self.groups * tokens * self.head_dim:
+                raise ValueError(f"attention {name}: shape {op.shape} does not hold {self.groups} x {tokens} x {self.head_dim}")
+            if op.heads and self.groups % op.heads:
+                raise ValueError(f"attention {name}: {self.groups} groups are not a multiple of {op.heads} heads")
+
+    def to_attr(self) -> dict:
+        """The function attribute: plain ints, floats and lists only."""
+        attr = {k: v for k, v in asdict(self).items() if k not in ("q", "k", "v", "out")}
+        attr["causal"] = int(self.causal)
+        for name in ("q", "k", "v", "out"):
+            op = getattr(self, name)
+            attr[f"{name}_shape"] = list(op.shape)
+            attr[f"{name}_heads"] = op.heads
+        return attr
+
+    @staticmethod
+    def from_attr(attr) -> AttentionSpec:
+        ops = {name: Operand(tuple(int(d) for d in attr[f"{name}_shape"]), int(attr[f"{name}_heads"])) for name in ("q", "k", "v", "out")}
+        return AttentionSpec(
+            groups=int(attr["groups"]), q_len=int(attr["q_len"]), kv_len=int(attr["kv_len"]), head_dim=int(attr["head_dim"]),
+            causal=bool(int(attr["causal"])), scale=float(attr["scale"]), **ops,
+        )
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds of the two products, times two (causal counted in full)."""
+        return 4 * self.groups * self.q_len * self.kv_len * self.head_dim
+
+
+def _f32(x: float):
+    from tvm import tirx
+
+    return tirx.FloatImm("float32", float(x))
+
+
+def plain_attention(spec: AttentionSpec):
+    """Target-independent TensorIR: per query row, the scores in a kv_len scratch buffer."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    G, N, M, D = spec.groups, spec.q_len, spec.kv_len, spec.head_dim
+    scale, neg = _f32(spec.scale), _f32(NEG)
+
+    def masked(i, j):
+        return tirx.const(False) if not spec.causal else j > i
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+        q_in = T.match_buffer(q_h, spec.q.shape, "float32")
+        k_in = T.match_buffer(k_h, spec.k.shape, "float32")
+        v_in = T.match_buffer(v_h, spec.v.shape, "float32")
+        o_in = T.match_buffer(o_h, spec.out.shape, "float32")
+        q = T.decl_buffer((spec.q.numel,), "float32", data=q_in.data)
+        k = T.decl_buffer((spec.k.numel,), "float32", data=k_in.data)
+        v = T.decl_buffer((spec.v.numel,), "float32", data=v_in.data)
+        o = T.decl_buffer((spec.out.numel,), "float32", data=o_in.data)
+        scores = T.alloc_buffer((M,), "float32")
+        acc = T.alloc_buffer((D,), "float32")
+        stat = T.alloc_buffer((2,), "float32")  # running max, sum of exponentials
+        for g in range(G):
+            for i in range(N):
+                stat[0] = neg
+                for j in range(M):
+                    scores[j] = _f32(0)
+                    for d in range(D):
+                        scores[j] = scores[j] + q[spec.q.offset(g, N, i, D, d)] * k[spec.k.offset(g, M, j, D, d)]
+                    if masked(i, j):
+                        scores[j] = neg
+                    else:
+                        scores[j] = scores[j] * scale
+                    stat[0] = T.max(stat[0], scores[j])
+                stat[1] = _f32(0)
+                for d in range(D):
+                    acc[d] = _f32(0)
+                for j in range(M):
+                    scores[j] = T.exp(scores[j] - stat[0])
+                    stat[1] = stat[1] + scores[j]
+                    for d in range(D):
+                        acc[d] = acc[d] + scores[j] * v[spec.v.offset(g, M, j, D, d)]
+                for d in range(D):
+                    o[spec.out.offset(g, N, i, D, d)] = acc[d] / stat[1]
+
+    return attention.with_attr(ATTR, spec.to_attr())
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU kernel's tiles
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One workgroup: BQ query rows, keys in tiles of BK, THREADS invocations.
+
+    S = Q K^T tile (BQ x BK): thread grid (BQ/TQ) x (BK/TK), a TQ x TK register tile each; Q and K
+    go through shared memory in head_dim chunks of DCS (Q stays resident if DCS >= head_dim).
+    O tile (BQ x head_dim): thread grid (BQ/TQO) x (THREADS*TQO/BQ), a TQO x TD register tile each
+    (head_dim padded up to the grid's columns x TD); V goes through shared in chunks of BKV keys.
+    PAD: floats added to each row of the transposed shared tiles (bank conflicts on their stores).
+    """
+
+    BQ: int
+    BK: int
+    TQ: int
+    TK: int
+    DCS: int
+    TQO: int
+    BKV: int
+    THREADS: int
+    PAD: int = 1
+
+    def columns(self) -> int:
+        """Thread columns of the O tile."""
+        return self.THREADS * self.TQO // self.BQ
+
+    def td(self, head_dim: int) -> int:
+        return -(-head_dim // self.columns())
+
+    def shared_floats(self, head_dim: int) -> dict[str, int]:
+        dcs = min(self.DCS, head_dim)
+        padded = self.td(head_dim) * self.columns()
+        return {
+            "q": dcs * (self.BQ + self.PAD),
+            "kv": max(dcs * (self.BK + self.PAD), self.BKV * (padded + self.PAD)),
+            "p": self.BK * (self.BQ + self.PAD),
+            "red": self.BQ * (self.BK // self.TK),
+            "alpha": self.BQ,
+        }
+
+    def check(self, head_dim: int) -> None:
+        """Raise ValueError unless the tiles are consistent and within WebGPU's default limits."""
+        problems = []
+        if self.THREADS > WORKGROUP_THREADS:
+            problems.append(f"{self.THREADS} threads > {WORKGROUP_THREADS}")
+        if self.BQ % self.TQ or self.BK % self.TK or (self.BQ // self.TQ) * (self.BK // self.TK) != self.THREADS:
+            problems.append(f"S grid (BQ/TQ) x (BK/TK) != {self.THREADS} threads")
+        if self.BQ % self.TQO or (self.THREADS * self.TQO) % self.BQ:
+            problems.append("O grid: BQ/TQO does not divide the threads")
+        if self.BK % self.BKV:
+            problems.append("BKV does not divide BK")
+        nbytes = 4 * sum(self.shared_floats(head_dim).values())
+        if nbytes > WORKGROUP_BYTES:
+            problems.append(f"{nbytes} bytes of workgroup memory > {WORKGROUP_BYTES}")
+        if problems:
+            raise ValueError(f"tile config {self} for head_dim {head_dim}: " + "; ".join(problems))
+
+
+# Per head_dim, the SD 1.x shapes (not measured on a GPU yet; the reasoning):
+# - 40 (UNet at 4096 tokens, most of the attention work): 32 queries x 32 keys, 64 threads with
+#   4x4 tiles of S and 4x5 of O, Q resident: 15.9 KiB, so about 14 workgroups per H100 SM.
+# - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim.
+# - 160 (256 and 64 tokens): 128 threads (2x4 tiles of S, 4x10 of O) to keep O's registers low.
+# - 512 (VAE, one head, 4096 tokens): 16 queries per workgroup (256 workgroups), 64 keys per tile,
+#   each thread owns 16 query rows x 4 columns of O (64 registers) so a P value read serves 4
+#   multiply-adds and a V value 16; V through shared 4 keys (8 KiB) at a time.
+TILES: dict[int, TileConfig] = {
+    40: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=32, THREADS=64),
+    64: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=32, TQO=4, BKV=16, THREADS=64),
+    80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
+    160: TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=8, THREADS=128),
+    512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=16, TQO=16, BKV=4, THREADS=128),
+}
+
+
+def tile_config(head_dim: int) -> TileConfig:
+    """The table's tiles for `head_dim`, else the first generic candidate that fits."""
+    if head_dim in TILES:
+        return TILES[head_dim]
+    if head_dim <= 128:
+        shapes = [dict(BQ=32, BK=32, TQ=4, TK=4, TQO=4, THREADS=64)]
+    elif head_dim <= 256:
+        shapes = [dict(BQ=32, BK=32, TQ=2, TK=4, TQO=4, THREADS=128)]
+    else:
+        shapes = [dict(BQ=16, BK=64, TQ=2, TK=4, TQO=16, THREADS=128), dict(BQ=16, BK=32, TQ=1, TK=4, TQO=16, THREADS=128)]
+    for shape in shapes:
+        for dcs in (40, 32, 16, 8, 4):
+            for bkv in (32, 16, 8, 4, 2, 1):
+                if bkv > shape["BK"]:
+                    continue
+                config = TileConfig(DCS=dcs, BKV=bkv, **shape)
+                try:
+                    config.check(head_dim)
+                except ValueError:
+                    continue
+                return config
+    raise ValueError(f"no attention tiles fit head_dim {head_dim} in {WORKGROUP_BYTES} bytes")
+
+
+def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
+    """The scheduled GPU kernel for `spec` (same signature as `plain_attention(spec)`)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    G, N, M, D = spec.groups, spec.q_len, spec.kv_len, spec.head_dim
+    cfg = config or tile_config(D)
+    cfg.check(D)
+    BQ, BK, TQ, TK, TQO, BKV, NT, PAD = cfg.BQ, cfg.BK, cfg.TQ, cfg.TK, cfg.TQO, cfg.BKV, cfg.THREADS, cfg.PAD
+    DCS = min(cfg.DCS, D)
+    NCH = -(-D // DCS)  # head_dim chunks of S
+    RESIDENT = NCH == 1  # Q loaded once per workgroup
+    C = BK // TK  # thread columns of S
+    CO = cfg.columns()  # thread columns of O
+    TD = cfg.td(D)
+    DP = TD * CO  # head_dim padded to the O grid
+    LQ, LK, LP, LV = BQ + PAD, BK + PAD, BQ + PAD, DP + PAD  # row lengths in shared memory
+    KV_FLOATS = max(DCS * LK, BKV * LV)
+    Q_TILES = -(-N // BQ)
+    KV_TILES = -(-M // BK)
+    scale, neg, zero, one = _f32(spec.scale), _f32(NEG), _f32(0), _f32(1)
+
+    def kv_tiles(q0):
+        if spec.causal:  # keys past the tile's last query are masked for every row of it
+            return T.min(KV_TILES, (T.min(q0 + BQ, N) - 1) // BK + 1)
+        return KV_TILES
+
+    def key_limit(query):
+        # One comparison per score against a per-row limit: compound conditions in the 16
+        # unrolled branches took SwiftShader's shader compiler over a minute.
+        return T.min(M, query + 1) if spec.causal else M
+
+    def at(operand: Operand, group, tokens: int, token, d):
+        return operand.offset(group, tokens, token, D, d)
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+        q_in = T.match_buffer(q_h, spec.q.shape, "float32")
+        k_in = T.match_buffer(k_h, spec.k.shape, "float32")
+        v_in = T.match_buffer(v_h, spec.v.shape, "float32")
+        o_in = T.match_buffer(o_h, spec.out.shape, "float32")
+        q = T.decl_buffer((spec.q.numel,), "float32", data=q_in.data)
+        k = T.decl_buffer((spec.k.numel,), "float32", data=k_in.data)
+        v = T.decl_buffer((spec.v.numel,), "float32", data=v_in.data)
+        o = T.decl_buffer((spec.out.numel,), "float32", data=o_in.data)
+        for g in T.thread_binding(G, thread="blockIdx.y"):
+            for qt in T.thread_binding(Q_TILES, thread="blockIdx.x"):
+                for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                    q_s = T.alloc_buffer((DCS * LQ,), "float32", scope="shared")  # [d][query]
+                    kv_s = T.alloc_buffer((KV_FLOATS,), "float32", scope="shared")  # K [d][key], then V [key][d]
+                    p_s = T.alloc_buffer((BK * LP,), "float32", scope="shared")  # [key][query]
+                    red = T.alloc_buffer((BQ * C,), "float32", scope="shared")  # [query][S column]
+                    alpha_s = T.alloc_buffer((BQ,), "float32", scope="shared")
+                    s_r = T.alloc_buffer((TQ * TK,), "float32", scope="local")
+                    o_r = T.alloc_buffer((TQO * TD,), "float32", scope="local")
+                    m_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    l_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    a_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    lim_r = T.alloc_buffer((TQ,), "int32", scope="local")  # the row sees keys < lim
+                    qv_r = T.alloc_buffer((max(TQ, TQO),), "float32", scope="local")  # a column of Q / P
+                    kv_r = T.alloc_buffer((max(TK, TD),), "float32", scope="local")  # a row of K / V
+                    q0: T.let[T.int32] = qt * BQ
+                    rg: T.let[T.int32] = tx // C  # S grid
+                    cg: T.let[T.int32] = tx % C
+                    ro: T.let[T.int32] = tx // CO  # O grid
+                    co: T.let[T.int32] = tx % CO
+                    for i in T.unroll(TQ):
+                        m_r[i] = neg
+                        l_r[i] = zero
+                        lim_r[i] = key_limit(q0 + rg * TQ + i)
+                    for e in T.unroll(TQO * TD):
+                        o_r[e] = zero
+                    if RESIDENT:
+                        for it in range((BQ * DCS + NT - 1) // NT):
+                            if it * NT + tx < BQ * DCS:
+                                if q0 + (it * NT + tx) // DCS < N:
+                                    q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = q[at(spec.q, g, N, q0 + (it * NT + tx) // DCS, (it * NT + tx) % DCS)]
+                                else:
+                                    q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = zero
+                    for kt in range(kv_tiles(q0)):
+                        # ---- S = Q K^T, head_dim in chunks of DCS
+                        for e in T.unroll(TQ * TK):
+                            s_r[e] = zero
+                        for c in range(NCH):
+                            if c > 0:
+                                T.tvm_storage_sync("shared")
+                            if not RESIDENT:
+                                for it in range((BQ * DCS + NT - 1) // NT):
+                                    if it * NT + tx < BQ * DCS:
+                                        if q0 + (it * NT + tx) // DCS < N and c * DCS + (it * NT + tx) % DCS < D:
+                                            q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = q[at(spec.q, g, N, q0 + (it * NT + tx) // DCS, c * DCS + (it * NT + tx) % DCS)]
+                                        else:
+                                            q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = zero
+                            for it in range((BK * DCS + NT - 1) // NT):
+                                if it * NT + tx < BK * DCS:
+                                    if kt * BK + (it * NT + tx) // DCS < M and c * DCS + (it * NT + tx) % DCS < D:
+                                        kv_s[(it * NT + tx) % DCS * LK + (it * NT + tx) // DCS] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // DCS, c * DCS + (it * NT + tx) % DCS)]
+                                    else:
+                                        kv_s[(it * NT + tx) % DCS * LK + (it * NT + tx) // DCS] = zero
+                            T.tvm_storage_sync("shared")
+                            for d in range(DCS):
+                                for i in T.unroll(TQ):
+                                    qv_r[i] = q_s[d * LQ + rg * TQ + i]
+                                for j in T.unroll(TK):
+                                    kv_r[j] = kv_s[d * LK + cg * TK + j]
+                                for i in T.unroll(TQ):
+                                    for j in T.unroll(TK):
+                                        s_r[i * TK + j] = s_r[i * TK + j] + qv_r[i] * kv_r[j]
+                        # ---- online softmax: the rows' maxima through `red`
+                        for i in T.unroll(TQ):
+                            a_r[i] = neg
+                            for j in T.unroll(TK):
+                                if kt * BK + cg * TK + j < lim_r[i]:
+                                    s_r[i * TK + j] = s_r[i * TK + j] * scale
+                                else:
+                                    s_r[i * TK + j] = neg
+                                a_r[i] = T.max(a_r[i], s_r[i * TK + j])
+                            red[(rg * TQ + i) * C + cg] = a_r[i]
+                        T.tvm_storage_sync("shared")
+                        for i in T.unroll(TQ):
+                            a_r[i] = m_r[i]
+                            for j in range(C):
+                                a_r[i] = T.max(a_r[i], red[(rg * TQ + i) * C + j])
+                            l_r[i] = l_r[i] * T.exp(m_r[i] - a_r[i])
+                            if cg == 0:
+                                alpha_s[rg * TQ + i] = T.exp(m_r[i] - a_r[i])
+                            m_r[i] = a_r[i]
+                            for j in T.unroll(TK):
+                                s_r[i * TK + j] = T.exp(s_r[i * TK + j] - a_r[i])
+                                l_r[i] = l_r[i] + s_r[i * TK + j]
+                                p_s[(cg * TK + j) * LP + rg * TQ + i] = s_r[i * TK + j]
+                        T.tvm_storage_sync("shared")
+                        # ---- O = alpha O + P V, V in chunks of BKV keys
+                        for i in T.unroll(TQO):
+                            for j in T.unroll(TD):
+                                o_r[i * TD + j] = o_r[i * TD + j] * alpha_s[ro * TQO + i]
+                        for vc in range(BK // BKV):
+                            if vc > 0:
+                                T.tvm_storage_sync("shared")
+                            for it in range((BKV * DP + NT - 1) // NT):
+                                if it * NT + tx < BKV * DP:
+                                    if kt * BK + vc * BKV + (it * NT + tx) // DP < M and (it * NT + tx) % DP < D:
+                                        kv_s[(it * NT + tx) // DP * LV + (it * NT + tx) % DP] = v[at(spec.v, g, M, kt * BK + vc * BKV + (it * NT + tx) // DP, (it * NT + tx) % DP)]
+                                    else:
+                                        kv_s[(it * NT + tx) // DP * LV + (it * NT + tx) % DP] = zero
+                            T.tvm_storage_sync("shared")
+                            for kk in range(BKV):
+                                for i in T.unroll(TQO):
+                                    qv_r[i] = p_s[(vc * BKV + kk) * LP + ro * TQO + i]
+                                for j in T.unroll(TD):
+                                    kv_r[j] = kv_s[kk * LV + co * TD + j]
+                                for i in T.unroll(TQO):
+                                    for j in T.unroll(TD):
+                                        o_r[i * TD + j] = o_r[i * TD + j] + qv_r[i] * kv_r[j]
+                        T.tvm_storage_sync("shared")
+                    # ---- out = O / l, the parts of l through `red`
+                    for i in T.unroll(TQ):
+                        red[(rg * TQ + i) * C + cg] = l_r[i]
+                    T.tvm_storage_sync("shared")
+                    for i in T.unroll(TQO):
+                        if q0 + ro * TQO + i < N:
+                            qv_r[i] = zero
+                            for j in range(C):
+                                qv_r[i] = qv_r[i] + red[(ro * TQO + i) * C + j]
+                            for j in T.unroll(TD):
+                                if co * TD + j < D:
+                                    o[at(spec.out, g, N, q0 + ro * TQO + i, co * TD + j)] = o_r[i * TD + j] * (one / qv_r[i])
+
+    return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
