@@ -13,6 +13,7 @@ from pathlib import Path
 from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
+from websd.kernels.attention import schedule_attention
 from websd.paths import Layout, tuning_database
 from websd.targets import TUNED_ON, is_gpu, tvm_target
 
@@ -57,7 +58,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
-    mod = relax_io.load_module(module_in)
+    mod = schedule_attention(target)(relax_io.load_module(module_in))  # GPU: the flash-attention kernel
     from_database = 0
     with tvm_target(target):
         if database:
@@ -85,5 +86,5 @@ def tasks(config: Config, layout: Layout):
                 targets=[layout.scheduled(component, target)],
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
-                sources=(__file__, WEBSD_DIR / "targets.py"),
+                sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py"),
             )

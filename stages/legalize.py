@@ -17,9 +17,11 @@ from websd.paths import Layout
 def passes() -> list:
     from tvm import relax
 
+    from websd.passes.attention import fuse_attention
     from websd.passes.group_norm import split_group_norm
 
     return [
+        fuse_attention,  # one kernel per attention, no scores tensor (websd.attention PrimFuncs)
         split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
         relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque
@@ -48,5 +50,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.legalized(component)],
             options=config.stage("legalize"),
             tools=("apache-tvm", "apache-tvm-ffi"),
-            sources=(__file__, WEBSD_DIR / "passes" / "group_norm.py"),
+            sources=(__file__, *(WEBSD_DIR / "passes" / f for f in ("attention.py", "group_norm.py")), WEBSD_DIR / "kernels" / "attention.py"),
         )

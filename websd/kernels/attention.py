@@ -45,6 +45,7 @@ ATTR = "websd.attention"
 NEG = -1.0e30  # "minus infinity" for masked scores: finite, so no -inf literal reaches WGSL
 WORKGROUP_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
 WORKGROUP_THREADS = 256  # WebGPU's default maxComputeInvocationsPerWorkgroup
+OPAQUE = 8  # relax's OpPatternKind::kOpaque
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def plain_attention(spec: AttentionSpec):
                 for d in range(D):
                     o[spec.out.offset(g, N, i, D, d)] = acc[d] / stat[1]
 
-    return attention.with_attr(ATTR, spec.to_attr())
+    # opaque: FuseOps must not fuse anything into it
+    return attention.with_attr(ATTR, spec.to_attr()).with_attr("op_pattern", OPAQUE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,3 +442,26 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                                     o[at(spec.out, g, N, q0 + ro * TQO + i, co * TD + j)] = o_r[i * TD + j] * (one / qv_r[i])
 
     return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
+
+
+def schedule_attention(target: str):
+    """A module pass for `target` (a websd.targets name): on GPU targets, every PrimFunc that
+    carries ATTR becomes the scheduled `flash_attention` of its spec; elsewhere nothing changes."""
+    import tvm
+
+    from websd.targets import is_gpu
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduleAttention")
+    def swap(mod, _ctx):
+        if not is_gpu(target):
+            return mod
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and ATTR in (func.attrs or {}):
+                kernel = flash_attention(AttentionSpec.from_attr(func.attrs[ATTR]))
+                for key in ("global_symbol", "op_pattern"):
+                    if key in func.attrs:
+                        kernel = kernel.with_attr(key, func.attrs[key])
+                mod[gv] = kernel
+        return mod
+
+    return swap
