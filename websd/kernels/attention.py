@@ -183,7 +183,6 @@ class TileConfig:
     go through shared memory in head_dim chunks of DCS (Q stays resident if DCS >= head_dim).
     O tile (BQ x head_dim): thread grid (BQ/TQO) x (THREADS*TQO/BQ), a TQO x TD register tile each
     (head_dim padded up to the grid's columns x TD); V goes through shared in chunks of BKV keys.
-    PAD: floats added to each row of the transposed shared tiles (bank conflicts on their stores).
     """
 
     BQ: int
@@ -194,7 +193,6 @@ class TileConfig:
     TQO: int
     BKV: int
     THREADS: int
-    PAD: int = 1
 
     def columns(self) -> int:
         """Thread columns of the O tile."""
@@ -205,11 +203,10 @@ class TileConfig:
 
     def shared_floats(self, head_dim: int) -> dict[str, int]:
         dcs = min(self.DCS, head_dim)
-        padded = self.td(head_dim) * self.columns()
         return {
-            "q": dcs * (self.BQ + self.PAD),
-            "kv": max(dcs * (self.BK + self.PAD), self.BKV * (padded + self.PAD)),
-            "p": self.BK * (self.BQ + self.PAD),
+            "q": dcs * self.BQ,
+            "kv": max(dcs * self.BK, self.BKV * self.td(head_dim) * self.columns()),
+            "p": self.BK * self.BQ,
             "red": self.BQ * (self.BK // self.TK),
             "alpha": self.BQ,
         }
@@ -225,6 +222,12 @@ class TileConfig:
             problems.append("O grid: BQ/TQO does not divide the threads")
         if self.BK % self.BKV:
             problems.append("BKV does not divide BK")
+        for name in ("BQ", "BK"):  # rows of 4-float quads, swizzled by XOR
+            if getattr(self, name) < 4 or getattr(self, name) & (getattr(self, name) - 1):
+                problems.append(f"{name} is not a power of two >= 4")
+        for name in ("TQ", "TK", "TQO"):  # register tiles read as whole quads or within one
+            if 4 % getattr(self, name) and getattr(self, name) % 4:
+                problems.append(f"{name} neither divides 4 nor is a multiple of 4")
         nbytes = 4 * sum(self.shared_floats(head_dim).values())
         if nbytes > WORKGROUP_BYTES:
             problems.append(f"{nbytes} bytes of workgroup memory > {WORKGROUP_BYTES}")
@@ -234,7 +237,7 @@ class TileConfig:
 
 # Per head_dim, the SD 1.x shapes (not measured on a GPU yet; the reasoning):
 # - 40 (UNet at 4096 tokens, most of the attention work): 32 queries x 32 keys, 64 threads with
-#   4x4 tiles of S and 4x5 of O, Q resident: 15.9 KiB, so about 14 workgroups per H100 SM.
+#   4x4 tiles of S and 4x5 of O, Q resident: 15.1 KiB, so up to 15 workgroups per H100 SM.
 # - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim.
 # - 160 (256 and 64 tokens): 128 threads (2x4 tiles of S, 4x10 of O) to keep O's registers low.
 # - 512 (VAE, one head, 4096 tokens): 16 queries per workgroup (256 workgroups), 64 keys per tile,
@@ -245,7 +248,7 @@ TILES: dict[int, TileConfig] = {
     64: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=32, TQO=4, BKV=16, THREADS=64),
     80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
     160: TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=8, THREADS=128),
-    512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=16, TQO=16, BKV=4, THREADS=128),
+    512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=32, TQO=16, BKV=4, THREADS=128),
 }
 
 
@@ -273,6 +276,19 @@ def tile_config(head_dim: int) -> TileConfig:
     raise ValueError(f"no attention tiles fit head_dim {head_dim} in {WORKGROUP_BYTES} bytes")
 
 
+def _swizzle(col, row, quads: int):
+    """Column of element (row, col) in a shared tile of `quads` 4-float quads per row: the quad
+    index XOR (row / 4). Reads of up to 4 aligned floats of a row stay contiguous (vectorizable),
+    and a warp's stores down a column (the transposes) spread over the banks instead of hitting
+    one: no padding, so the tiles fit WebGPU's 16 KiB."""
+    return (((col // 4) ^ ((row // 4) % quads)) * 4) + col % 4
+
+
+def _width(*sizes: int) -> int:
+    """The widest vector (4, 2 or 1 floats) that every size is a multiple of."""
+    return next(w for w in (4, 2, 1) if all(s % w == 0 for s in sizes))
+
+
 def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     """The scheduled GPU kernel for `spec` (same signature as `plain_attention(spec)`)."""
     from tvm import tirx
@@ -281,7 +297,7 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     G, N, M, D = spec.groups, spec.q_len, spec.kv_len, spec.head_dim
     cfg = config or tile_config(D)
     cfg.check(D)
-    BQ, BK, TQ, TK, TQO, BKV, NT, PAD = cfg.BQ, cfg.BK, cfg.TQ, cfg.TK, cfg.TQO, cfg.BKV, cfg.THREADS, cfg.PAD
+    BQ, BK, TQ, TK, TQO, BKV, NT = cfg.BQ, cfg.BK, cfg.TQ, cfg.TK, cfg.TQO, cfg.BKV, cfg.THREADS
     DCS = min(cfg.DCS, D)
     NCH = -(-D // DCS)  # head_dim chunks of S
     RESIDENT = NCH == 1  # Q loaded once per workgroup
@@ -289,10 +305,15 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     CO = cfg.columns()  # thread columns of O
     TD = cfg.td(D)
     DP = TD * CO  # head_dim padded to the O grid
-    LQ, LK, LP, LV = BQ + PAD, BK + PAD, BQ + PAD, DP + PAD  # row lengths in shared memory
-    KV_FLOATS = max(DCS * LK, BKV * LV)
+    QQ, KQ = BQ // 4, BK // 4  # quads per row of the transposed tiles (q_s [d][query], k [d][key], p_s [key][query])
+    KV_FLOATS = max(DCS * BK, BKV * DP)
     Q_TILES = -(-N // BQ)
     KV_TILES = -(-M // BK)
+    # Global loads: VEC floats at a time along head_dim (aligned when head_dim is a multiple of 4).
+    VEC = 4 if D % 4 == 0 and DCS % 4 == 0 else 1
+    QK_ITERS = -(-BQ * DCS // VEC // NT), -(-BK * DCS // VEC // NT)
+    V_ITERS = -(-BKV * DP // VEC // NT)
+    VQ, VK, VO, VD = min(TQ, 4), min(TK, 4), min(TQO, 4), _width(TD)  # widths of the shared reads
     scale, neg, zero, one = _f32(spec.scale), _f32(NEG), _f32(0), _f32(1)
 
     def kv_tiles(q0):
@@ -308,6 +329,18 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     def at(operand: Operand, group, tokens: int, token, d):
         return operand.offset(group, tokens, token, D, d)
 
+    def load_q(kt):  # each chunk at every KV tile, or a resident Q once
+        return kt == 0 if RESIDENT else tirx.const(True)
+
+    def qs(d, col):  # q_s [d][query]
+        return d * BQ + _swizzle(col, d, QQ)
+
+    def ks(d, col):  # K in kv_s: [d][key]
+        return d * BK + _swizzle(col, d, KQ)
+
+    def ps(key, col):  # p_s [key][query]
+        return key * BQ + _swizzle(col, key, QQ)
+
     @T.prim_func(private=True)
     def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
         q_in = T.match_buffer(q_h, spec.q.shape, "float32")
@@ -321,9 +354,9 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
         for g in T.thread_binding(G, thread="blockIdx.y"):
             for qt in T.thread_binding(Q_TILES, thread="blockIdx.x"):
                 for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                    q_s = T.alloc_buffer((DCS * LQ,), "float32", scope="shared")  # [d][query]
+                    q_s = T.alloc_buffer((DCS * BQ,), "float32", scope="shared")
                     kv_s = T.alloc_buffer((KV_FLOATS,), "float32", scope="shared")  # K [d][key], then V [key][d]
-                    p_s = T.alloc_buffer((BK * LP,), "float32", scope="shared")  # [key][query]
+                    p_s = T.alloc_buffer((BK * BQ,), "float32", scope="shared")
                     red = T.alloc_buffer((BQ * C,), "float32", scope="shared")  # [query][S column]
                     alpha_s = T.alloc_buffer((BQ,), "float32", scope="shared")
                     s_r = T.alloc_buffer((TQ * TK,), "float32", scope="local")
@@ -332,6 +365,7 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                     l_r = T.alloc_buffer((TQ,), "float32", scope="local")
                     a_r = T.alloc_buffer((TQ,), "float32", scope="local")
                     lim_r = T.alloc_buffer((TQ,), "int32", scope="local")  # the row sees keys < lim
+                    ld_r = T.alloc_buffer((VEC,), "float32", scope="local")  # one global load
                     qv_r = T.alloc_buffer((max(TQ, TQO),), "float32", scope="local")  # a column of Q / P
                     kv_r = T.alloc_buffer((max(TK, TD),), "float32", scope="local")  # a row of K / V
                     q0: T.let[T.int32] = qt * BQ
@@ -345,13 +379,6 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         lim_r[i] = key_limit(q0 + rg * TQ + i)
                     for e in T.unroll(TQO * TD):
                         o_r[e] = zero
-                    if RESIDENT:
-                        for it in range((BQ * DCS + NT - 1) // NT):
-                            if it * NT + tx < BQ * DCS:
-                                if q0 + (it * NT + tx) // DCS < N:
-                                    q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = q[at(spec.q, g, N, q0 + (it * NT + tx) // DCS, (it * NT + tx) % DCS)]
-                                else:
-                                    q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = zero
                     for kt in range(kv_tiles(q0)):
                         # ---- S = Q K^T, head_dim in chunks of DCS
                         for e in T.unroll(TQ * TK):
@@ -359,25 +386,35 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         for c in range(NCH):
                             if c > 0:
                                 T.tvm_storage_sync("shared")
-                            if not RESIDENT:
-                                for it in range((BQ * DCS + NT - 1) // NT):
-                                    if it * NT + tx < BQ * DCS:
-                                        if q0 + (it * NT + tx) // DCS < N and c * DCS + (it * NT + tx) % DCS < D:
-                                            q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = q[at(spec.q, g, N, q0 + (it * NT + tx) // DCS, c * DCS + (it * NT + tx) % DCS)]
+                            if load_q(kt):  # Q chunk -> q_s, transposed
+                                for it in T.unroll(QK_ITERS[0]):
+                                    if it * NT + tx < BQ * DCS // VEC:
+                                        if q0 + (it * NT + tx) // (DCS // VEC) < N and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                            for w in T.vectorized(VEC):
+                                                ld_r[w] = q[at(spec.q, g, N, q0 + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
                                         else:
-                                            q_s[(it * NT + tx) % DCS * LQ + (it * NT + tx) // DCS] = zero
-                            for it in range((BK * DCS + NT - 1) // NT):
-                                if it * NT + tx < BK * DCS:
-                                    if kt * BK + (it * NT + tx) // DCS < M and c * DCS + (it * NT + tx) % DCS < D:
-                                        kv_s[(it * NT + tx) % DCS * LK + (it * NT + tx) // DCS] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // DCS, c * DCS + (it * NT + tx) % DCS)]
+                                            for w in T.vectorized(VEC):
+                                                ld_r[w] = zero
+                                        for w in T.unroll(VEC):
+                                            q_s[qs((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
+                            for it in T.unroll(QK_ITERS[1]):  # K chunk -> kv_s, transposed
+                                if it * NT + tx < BK * DCS // VEC:
+                                    if kt * BK + (it * NT + tx) // (DCS // VEC) < M and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                        for w in T.vectorized(VEC):
+                                            ld_r[w] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
                                     else:
-                                        kv_s[(it * NT + tx) % DCS * LK + (it * NT + tx) // DCS] = zero
+                                        for w in T.vectorized(VEC):
+                                            ld_r[w] = zero
+                                    for w in T.unroll(VEC):
+                                        kv_s[ks((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
                             T.tvm_storage_sync("shared")
                             for d in range(DCS):
-                                for i in T.unroll(TQ):
-                                    qv_r[i] = q_s[d * LQ + rg * TQ + i]
-                                for j in T.unroll(TK):
-                                    kv_r[j] = kv_s[d * LK + cg * TK + j]
+                                for u in T.unroll(TQ // VQ):
+                                    for i in T.vectorized(VQ):
+                                        qv_r[u * VQ + i] = q_s[qs(d, rg * TQ + u * VQ) + i]
+                                for u in T.unroll(TK // VK):
+                                    for j in T.vectorized(VK):
+                                        kv_r[u * VK + j] = kv_s[ks(d, cg * TK + u * VK) + j]
                                 for i in T.unroll(TQ):
                                     for j in T.unroll(TK):
                                         s_r[i * TK + j] = s_r[i * TK + j] + qv_r[i] * kv_r[j]
@@ -403,7 +440,10 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                             for j in T.unroll(TK):
                                 s_r[i * TK + j] = T.exp(s_r[i * TK + j] - a_r[i])
                                 l_r[i] = l_r[i] + s_r[i * TK + j]
-                                p_s[(cg * TK + j) * LP + rg * TQ + i] = s_r[i * TK + j]
+                        for j in T.unroll(TK):  # P -> p_s, transposed, a quad of queries at a time
+                            for u in T.unroll(TQ // VQ):
+                                for i in T.vectorized(VQ):
+                                    p_s[ps(cg * TK + j, rg * TQ + u * VQ) + i] = s_r[(u * VQ + i) * TK + j]
                         T.tvm_storage_sync("shared")
                         # ---- O = alpha O + P V, V in chunks of BKV keys
                         for i in T.unroll(TQO):
@@ -412,18 +452,22 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         for vc in range(BK // BKV):
                             if vc > 0:
                                 T.tvm_storage_sync("shared")
-                            for it in range((BKV * DP + NT - 1) // NT):
-                                if it * NT + tx < BKV * DP:
-                                    if kt * BK + vc * BKV + (it * NT + tx) // DP < M and (it * NT + tx) % DP < D:
-                                        kv_s[(it * NT + tx) // DP * LV + (it * NT + tx) % DP] = v[at(spec.v, g, M, kt * BK + vc * BKV + (it * NT + tx) // DP, (it * NT + tx) % DP)]
+                            for it in T.unroll(V_ITERS):  # V chunk -> kv_s [key][d]
+                                if it * NT + tx < BKV * DP // VEC:
+                                    if kt * BK + vc * BKV + (it * NT + tx) // (DP // VEC) < M and (it * NT + tx) % (DP // VEC) * VEC < D:
+                                        for w in T.vectorized(VEC):
+                                            kv_s[(it * NT + tx) * VEC + w] = v[at(spec.v, g, M, kt * BK + vc * BKV + (it * NT + tx) // (DP // VEC), (it * NT + tx) % (DP // VEC) * VEC) + w]
                                     else:
-                                        kv_s[(it * NT + tx) // DP * LV + (it * NT + tx) % DP] = zero
+                                        for w in T.vectorized(VEC):
+                                            kv_s[(it * NT + tx) * VEC + w] = zero
                             T.tvm_storage_sync("shared")
                             for kk in range(BKV):
-                                for i in T.unroll(TQO):
-                                    qv_r[i] = p_s[(vc * BKV + kk) * LP + ro * TQO + i]
-                                for j in T.unroll(TD):
-                                    kv_r[j] = kv_s[kk * LV + co * TD + j]
+                                for u in T.unroll(TQO // VO):
+                                    for i in T.vectorized(VO):
+                                        qv_r[u * VO + i] = p_s[ps(vc * BKV + kk, ro * TQO + u * VO) + i]
+                                for u in T.unroll(TD // VD):
+                                    for j in T.vectorized(VD):
+                                        kv_r[u * VD + j] = kv_s[kk * DP + co * TD + u * VD + j]
                                 for i in T.unroll(TQO):
                                     for j in T.unroll(TD):
                                         o_r[i * TD + j] = o_r[i * TD + j] + qv_r[i] * kv_r[j]
