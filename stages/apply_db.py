@@ -58,7 +58,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
-    mod = schedule_attention(target)(relax_io.load_module(module_in))  # GPU: the flash-attention kernel
+    mod = relax_io.load_module(module_in)
     from_database = 0
     with tvm_target(target):
         if database:
@@ -66,6 +66,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
                 tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             mod = keep_compiling(tuned, mod, target)
             from_database = len(scheduled_kernels(mod))
+        mod = schedule_attention(target)(mod)  # GPU targets: the hand-scheduled flash-attention kernel
         if default_schedules:
             mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target))(mod)
     tuned = f"{from_database} kernels from the tuning database" if database else "no tuning database"

@@ -6,6 +6,8 @@ default model's three components."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,7 +19,12 @@ import tvm
 from tvm import relax
 
 from browser import TVMJS, http_server, run_page
-from websd.kernels.attention import ATTR, AttentionSpec, Operand, flash_attention, plain_attention, tile_config
+from conftest import DEFAULT_CONFIG, doit, write_config
+from websd import relax_io
+from websd.components import load_component
+from websd.config import load_config
+from websd.paths import Layout, model_folder
+from websd.kernels.attention import ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, flash_attention, plain_attention, sd15_specs, tile_config
 from websd.targets import tvm_target
 
 # (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
@@ -164,3 +171,196 @@ def webgpu_outputs(tmp_path_factory, browser) -> dict:
 def test_gpu_kernel_in_chromium_webgpu(webgpu_outputs, case) -> None:
     got, want = webgpu_outputs[case_id(case)]
     assert_close(got, want)
+
+
+# --- the tile table: every head dim gets tiles within WebGPU's limits ------------------------
+
+
+def test_every_head_dim_has_tiles() -> None:
+    for head_dim in range(1, 1025):
+        tile_config(head_dim).check(head_dim)
+
+
+# --- the pass on small graphs written as the importer writes them ----------------------------
+
+
+def importer_like(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, mask=None, return_probs: bool = False):
+    """diffusers' AttnProcessor as torch.export + the importer give it: q, k, v (batch, tokens,
+    heads * head_dim) -> head split -> matmul(q, k^T) * scale [+ mask] -> softmax -> matmul v ->
+    head merge."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(x, relax.TensorType((batch, t, heads * head_dim), "float32")) for x, t in (("q", q_len), ("k", kv_len), ("v", kv_len))]
+    with bb.function("main", params):
+        with bb.dataflow():
+            def heads_first(x, tokens):
+                x = bb.emit(relax.op.reshape(x, (batch, tokens, heads, head_dim)))
+                x = bb.emit(relax.op.permute_dims(x, [0, 2, 1, 3]))
+                return bb.emit(relax.op.reshape(x, (batch * heads, tokens, head_dim)))
+
+            q, k, v = (heads_first(x, t) for x, t in zip(params, (q_len, kv_len, kv_len)))
+            scores = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 2, 1]))))
+            scores = bb.emit(relax.op.multiply(scores, relax.const(head_dim**-0.5, "float32")))
+            if mask is not None:
+                scores = bb.emit(relax.op.add(scores, relax.const(mask.astype(np.float32))))
+            probs = bb.emit(relax.op.nn.softmax(scores, axis=-1))
+            out = bb.emit(relax.op.matmul(probs, v))
+            out = bb.emit(relax.op.reshape(out, (batch, heads, q_len, head_dim)))
+            out = bb.emit(relax.op.permute_dims(out, [0, 2, 1, 3]))
+            out = bb.emit(relax.op.reshape(out, (batch, q_len, heads * head_dim)))
+            result = bb.emit_output(relax.Tuple([out, probs]) if return_probs else out)
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def attention_specs(mod) -> list[AttentionSpec]:
+    return [AttentionSpec.from_attr(f.attrs[ATTR]) for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and ATTR in f.attrs]
+
+
+def run_llvm(mod, *args: np.ndarray):
+    from stages.legalize import passes
+
+    executable = tvm.compile(tvm.transform.Sequential(passes()[1:])(mod), "llvm")  # legalize without fusing again
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
+
+
+CAUSAL = np.triu(np.full((20, 20), np.finfo(np.float32).min), 1)[None]
+
+
+@pytest.mark.parametrize(
+    "shape, mask, causal",
+    [((2, 4, 20, 20, 8), None, False), ((2, 4, 20, 77, 8), None, False), ((1, 3, 20, 20, 16), CAUSAL, True), ((1, 1, 20, 20, 5), np.zeros((1, 20, 20)), False)],
+    ids=["self", "cross", "causal", "zero-mask"],
+)
+def test_pass_fuses_and_matches(shape, mask, causal) -> None:
+    from websd.passes.attention import fuse_attention
+
+    batch, heads, q_len, kv_len, head_dim = shape
+    mod = importer_like(*shape, mask=mask)
+    fused = fuse_attention(mod)
+    (spec,) = attention_specs(fused)
+    assert "softmax" not in fused["main"].script()
+    assert (spec.groups, spec.q_len, spec.kv_len, spec.head_dim, spec.causal) == (batch * heads, q_len, kv_len, head_dim, causal)
+    # the head split and merge are absorbed: the kernel reads and writes the (batch, tokens, heads * d) tensors
+    assert {op.shape for op in (spec.q, spec.out)} == {(batch, q_len, heads * head_dim)}
+    assert spec.k.shape == spec.v.shape == (batch, kv_len, heads * head_dim)
+    assert "permute_dims" not in fused["main"].script()
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((batch, t, heads * head_dim), dtype=np.float32) for t in (q_len, kv_len, kv_len)]
+    assert_close(run_llvm(fused, *args), run_llvm(mod, *args))
+
+
+@pytest.mark.parametrize("why", ["non-causal mask", "probabilities used elsewhere"])
+def test_pass_leaves_other_patterns_alone(why) -> None:
+    from websd.passes.attention import fuse_attention
+
+    if why == "non-causal mask":
+        mod = importer_like(1, 2, 20, 20, 8, mask=np.random.default_rng(0).standard_normal((1, 20, 20)))
+    else:
+        mod = importer_like(1, 2, 20, 20, 8, return_probs=True)
+    fused = fuse_attention(mod)
+    assert attention_specs(fused) == []
+    assert "softmax" in fused["main"].script()
+
+
+# --- the pass on the default model's three components ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_legalized() -> Layout:
+    doit(f"config={DEFAULT_CONFIG}", "legalize")
+    return Layout(load_config(DEFAULT_CONFIG).name)
+
+
+def attention_layers(component: str, model_dir: Path) -> int:
+    """Attention modules of the PyTorch model that the exported graph runs."""
+    module = load_component(component, model_dir).model
+    if component == "vae_decoder":
+        module = module.decoder  # the encoder's attention is not exported
+    kinds = {"text_encoder": "CLIPAttention", "unet": "Attention", "vae_decoder": "Attention"}
+    return sum(type(m).__name__ == kinds[component] for m in module.modules())
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_pass_finds_every_attention_of_the_default_model(default_legalized: Layout, component: str) -> None:
+    mod = relax_io.load_module(default_legalized.legalized(component))
+    kernels = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert not [gv.name_hint for gv in kernels if "softmax" in gv.name_hint]
+    calls = [
+        kernels[call.args[0]] for call in _calls(mod["main"])
+        if call.op.name == "relax.call_tir" and call.args[0] in kernels and ATTR in kernels[call.args[0]].attrs
+    ]
+    expected = attention_layers(component, model_folder(default_legalized.model))
+    assert expected > 0 and len(calls) == expected
+    specs = [AttentionSpec.from_attr(f.attrs[ATTR]) for f in calls]
+    assert all(spec.causal == (component == "text_encoder") for spec in specs)
+    if component != "vae_decoder":  # multi-head: the head transposes are gone
+        assert all(op.heads > 1 for spec in specs for op in (spec.q, spec.k, spec.v, spec.out))
+
+
+def _calls(func) -> list:
+    return [b.value for block in func.body.blocks for b in block.bindings if isinstance(b.value, relax.Call)]
+
+
+def test_unet_allocates_no_scores_tensor(tmp_path: Path) -> None:
+    """At 256x256 the tiny UNet's first attention has 1024 tokens: its scores would be a
+    16 x 1024 x 1024 fp32 tensor (64 MiB); after the pass no allocation comes near it."""
+    config = write_config(tmp_path / "unet256.yaml", {"components": ["unet"], "targets": ["llvm"], "image": {"height": 256, "width": 256}})
+    doit(f"config={config}", "memory_plan")
+    layout = Layout(load_config(config).name)
+    specs = attention_specs(relax_io.load_module(layout.legalized("unet")))
+    scores = max(4 * s.groups * s.q_len * s.kv_len for s in specs)
+    assert scores == 4 * 16 * 1024 * 1024
+    report = json.loads(layout.memory_report("unet", "llvm").read_text())
+    assert report["largest_bytes"] < scores // 8
+
+
+# --- the GPU kernel builds for every SD 1.5 shape ---------------------------------------------
+
+
+def _sources(executable, kind: str) -> str:
+    def modules(m):
+        yield m
+        for imported in m.imports:
+            yield from modules(imported)
+
+    return "".join(m.inspect_source() for m in modules(executable.mod) if m.kind == kind)
+
+
+@pytest.fixture(scope="module")
+def sd15() -> dict[str, AttentionSpec]:
+    specs = sd15_specs(2)  # the text encoder and the VAE run at batch 1 either way
+    specs.update({f"{name}_batch1": spec for name, spec in sd15_specs(1).items() if name.startswith("unet")})
+    return specs
+
+
+def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
+    wgsl = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("webgpu")), "webgpu")
+    kernels = wgsl.split("@compute")[1:]
+    assert len(kernels) == len(sd15)
+    for trap in ("i64", "f16", "i8", "inff", "2147483648i"):
+        assert not re.search(rf"\b{trap}", wgsl), trap
+    for size in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", wgsl):
+        assert math.prod(map(int, size)) <= WORKGROUP_THREADS
+    for chunk in wgsl.split("@compute")[:-1]:  # each kernel's workgroup variables precede it
+        words = {"f32": 1, "vec2<f32>": 2, "vec4<f32>": 4, "i32": 1}
+        shared = re.findall(r"var<workgroup> \w+ : array<([\w<>]+), (\d+)>", chunk.rsplit("@group(0) @binding(0)", 1)[-1])
+        assert shared and 4 * sum(words[t] * int(n) for t, n in shared) <= WORKGROUP_BYTES
+
+
+def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
+    """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: no register spills."""
+    source = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
+    assert source.count("__global__") == 2 * len(sd15)  # declaration + definition
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed: TVM's CUDA source was generated, not compiled")
+    (tmp_path / "attention.cu").write_text(source)
+    result = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-cubin", "--resource-usage", "-o", str(tmp_path / "attention.cubin"), str(tmp_path / "attention.cu")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    usage = result.stdout + result.stderr
+    assert usage.count("Compiling entry function") == len(sd15)
+    assert re.findall(r"(\d+) bytes spill stores", usage) == ["0"] * len(sd15), usage

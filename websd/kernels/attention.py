@@ -31,9 +31,13 @@ The GPU kernel, one workgroup per (group, BQ query rows); within WebGPU's defaul
                       TQO x TD register tile of O, rescaled by exp(m_old - m) first
     out = O / l  (the partial sums of l combine through `red` once, at the end)
 
-Masked scores (keys past kv_len, causal) are a finite -1e30, never -inf (WGSL rejects `-inff`),
-and their exponentials are exactly 0. The tiles per head dim are `TILES` / `tile_config` (one
-table, documented there): change them there and check with `TileConfig.check`.
+Shared tiles are unpadded, their 4-float quads XOR-swizzled (`_swizzle`), so the register tiles
+load as float4 (LDS.128 in CUDA) without bank conflicts and everything fits 16 KiB; global loads
+are float4 along head_dim when it is a multiple of 4. Masked scores (keys past kv_len, causal)
+are a finite -1e30, never -inf (WGSL rejects `-inff`), and their exponentials are exactly 0;
+the mask is one comparison per score against a per-row key limit. The tiles per head dim are
+`TILES` / `tile_config` (one table, documented there): change them there and check with
+`TileConfig.check`; bench/attention_bench.py times them against the unfused chain on a GPU.
 """
 
 from __future__ import annotations
@@ -250,6 +254,26 @@ TILES: dict[int, TileConfig] = {
     160: TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=8, THREADS=128),
     512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=32, TQO=16, BKV=4, THREADS=128),
 }
+
+
+def sd15_specs(batch: int = 2) -> dict[str, AttentionSpec]:
+    """The attentions of SD 1.5 at 512x512 as the pass gives them (the shapes TILES is for):
+    UNet self- and cross-attention (8 heads) at batch `batch`, the VAE decoder's mid-block
+    (one head of 512), the text encoder (12 heads of 64, causal, batch 1)."""
+
+    def spec(batch, heads, q_len, kv_len, head_dim, causal=False):
+        def op(tokens):
+            return Operand((batch * tokens, heads * head_dim), heads)
+
+        return AttentionSpec(batch * heads, q_len, kv_len, head_dim, causal, head_dim**-0.5, op(q_len), op(kv_len), op(kv_len), op(q_len))
+
+    specs = {}
+    for tokens, head_dim in ((4096, 40), (1024, 80), (256, 160), (64, 160)):
+        specs[f"unet_self_{tokens}"] = spec(batch, 8, tokens, tokens, head_dim)
+        specs[f"unet_cross_{tokens}"] = spec(batch, 8, tokens, 77, head_dim)
+    specs["vae_mid_4096"] = spec(1, 1, 4096, 4096, 512)
+    specs["clip_77"] = spec(1, 12, 77, 77, 64, causal=True)
+    return specs
 
 
 def tile_config(head_dim: int) -> TileConfig:
