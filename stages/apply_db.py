@@ -13,6 +13,7 @@ from pathlib import Path
 from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.config import Config
+from websd.kernels.attention import schedule_attention
 from websd.paths import Layout, tuning_database
 from websd.targets import TUNED_ON, is_gpu, tvm_target
 
@@ -65,6 +66,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
                 tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             mod = keep_compiling(tuned, mod, target)
             from_database = len(scheduled_kernels(mod))
+        mod = schedule_attention(target)(mod)  # GPU targets: the hand-scheduled flash-attention kernel
         if default_schedules:
             mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target))(mod)
     tuned = f"{from_database} kernels from the tuning database" if database else "no tuning database"
@@ -85,5 +87,5 @@ def tasks(config: Config, layout: Layout):
                 targets=[layout.scheduled(component, target)],
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
-                sources=(__file__, WEBSD_DIR / "targets.py"),
+                sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py"),
             )

@@ -18,10 +18,12 @@ from websd.targets import BINDING_LIMIT
 def passes(binding_limit: int = BINDING_LIMIT) -> list:
     from tvm import relax
 
+    from websd.passes.attention import fuse_attention
     from websd.passes.group_norm import split_group_norm
     from websd.passes.split_wide import split_wide_tensors
 
     return [
+        fuse_attention,  # one kernel per attention, no scores tensor (websd.attention PrimFuncs)
         split_wide_tensors(binding_limit),  # no tensor larger than a WebGPU binding (VAE at 512x512)
         split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
@@ -51,5 +53,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.legalized(component)],
             options=config.stage("legalize"),
             tools=("apache-tvm", "apache-tvm-ffi"),
-            sources=(__file__, *sorted((WEBSD_DIR / "passes").glob("*.py")), WEBSD_DIR / "targets.py"),
+            sources=(__file__, *sorted((WEBSD_DIR / "passes").glob("*.py")), WEBSD_DIR / "kernels" / "attention.py", WEBSD_DIR / "targets.py"),
         )

@@ -26,11 +26,14 @@ if TYPE_CHECKING:  # not at run time: the GPU machine runs this module without t
 
 
 def heaviest_kernels(mod, target, count: int) -> list:
-    """The `count` kernels with the most floating-point work in one call of `main`."""
+    """The `count` kernels with the most floating-point work in one call of `main`, less the
+    fused attentions (apply_db gives GPU targets a hand-written kernel for them)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    tasks = ms.relax_integration.extract_tasks(mod, target)
+    from websd.kernels.attention import ATTR
+
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if ATTR not in (t.dispatched[0]["main"].attrs or {})]
     tasks.sort(key=lambda task: task.weight * estimate_tir_flops(task.dispatched[0]), reverse=True)
     return tasks[:count]
 

@@ -1,0 +1,366 @@
+"""Fused attention (websd/passes/attention.py, websd/kernels/attention.py) against PyTorch's
+scaled_dot_product_attention: the plain form on llvm, the GPU kernel in headless Chromium's WebGPU
+(one wasm for every case: one link), the CUDA codegen of the SD 1.5 shapes, and the pass on the
+default model's three components."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from browser import http_server, run_page
+from websd.paths import TVMJS
+from conftest import DEFAULT_CONFIG, doit, layout_of, write_config
+from websd import relax_io
+from websd.components import load_component
+from websd.paths import Layout, model_folder
+from websd.kernels.attention import ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, flash_attention, plain_attention, sd15_specs, tile_config
+from websd.targets import tvm_target
+
+# (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
+# or 0 for (groups, tokens, head_dim)); small enough for the CPU, odd lengths on purpose.
+CASES = [
+    (1, 1, 1, 8, False, 0),
+    (2, 7, 7, 8, True, 0),
+    (4, 77, 77, 64, True, 4),  # CLIP-like, 2 x 4 heads
+    (4, 100, 77, 40, False, 2),  # cross-attention
+    (2, 333, 333, 40, False, 2),
+    (2, 100, 100, 80, False, 1),
+    (4, 33, 77, 160, False, 4),
+    (1, 100, 100, 512, False, 1),  # VAE-like
+    (3, 45, 45, 5, True, 3),  # no table entry: the generic tiles
+]
+
+
+def case_id(case) -> str:
+    g, n, m, d, causal, heads = case
+    return f"g{g}_q{n}_kv{m}_d{d}{'_causal' if causal else ''}{f'_h{heads}' if heads else ''}"
+
+
+def make_spec(groups, q_len, kv_len, head_dim, causal, heads) -> AttentionSpec:
+    def operand(tokens: int) -> Operand:
+        if heads:
+            return Operand((groups // heads, tokens, heads * head_dim), heads)
+        return Operand((groups, tokens, head_dim))
+
+    return AttentionSpec(groups, q_len, kv_len, head_dim, causal, head_dim**-0.5, operand(q_len), operand(kv_len), operand(kv_len), operand(q_len))
+
+
+def inputs(spec: AttentionSpec, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(op.shape, dtype=np.float32) for op in (spec.q, spec.k, spec.v)]
+
+
+def reference(spec: AttentionSpec, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    def heads_first(x: np.ndarray, op: Operand, tokens: int) -> torch.Tensor:
+        t = torch.from_numpy(x).double()
+        if op.heads:
+            t = t.reshape(spec.groups // op.heads, tokens, op.heads, spec.head_dim).transpose(1, 2)
+        return t.reshape(spec.groups, tokens, spec.head_dim)
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        heads_first(q, spec.q, spec.q_len), heads_first(k, spec.k, spec.kv_len), heads_first(v, spec.v, spec.kv_len),
+        is_causal=spec.causal, scale=spec.scale,
+    )
+    if spec.out.heads:
+        out = out.reshape(spec.groups // spec.out.heads, spec.out.heads, spec.q_len, spec.head_dim).transpose(1, 2)
+    return out.reshape(spec.out.shape).float().numpy()
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    error = np.abs(got - want).max()
+    assert error <= 1e-5 * np.abs(want).max(), f"max abs error {error:.3g}, max abs {np.abs(want).max():.3g}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_plain_form_on_llvm(case) -> None:
+    spec = make_spec(*case)
+    executable = tvm.compile(tvm.IRModule({"main": plain_attention(spec).with_attr("global_symbol", "main")}), "llvm")
+    q, k, v = inputs(spec)
+    out = tvm.runtime.tensor(np.zeros(spec.out.shape, np.float32))
+    executable["main"](tvm.runtime.tensor(q), tvm.runtime.tensor(k), tvm.runtime.tensor(v), out)
+    assert_close(out.numpy(), reference(spec, q, k, v))
+
+
+def kernel_module(specs: dict[str, AttentionSpec], kernel) -> tvm.IRModule:
+    """A Relax function per spec, each one call_tir of `kernel(spec)`."""
+    bb = relax.BlockBuilder()
+    for name, spec in specs.items():
+        params = [relax.Var(n, relax.TensorType(op.shape, "float32")) for n, op in zip("qkv", (spec.q, spec.k, spec.v))]
+        with bb.function(name, params):
+            gv = bb.add_func(kernel(spec), f"attention_{name}")
+            out = bb.emit(relax.call_tir(gv, params, relax.TensorType(spec.out.shape, "float32")))
+            bb.emit_func_output(out)
+    return bb.get()
+
+
+PAGE = """<!doctype html>
+<script src="tvmjs.js"></script>
+<script>
+async function run() {
+  const gpu = await tvmjs.detectGPUDevice();
+  if (gpu === undefined) throw new Error("no WebGPU adapter");
+  const wasm = await (await fetch("kernels.wasm")).arrayBuffer();
+  const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), console.log);
+  tvm.initWebGPU(gpu.device);
+  tvm.beginScope();
+  const dev = tvm.webgpu();
+  const vm = tvm.createVirtualMachine(dev);
+  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
+  const cases = await (await fetch("cases.json")).json();
+  const outputs = {};
+  for (const c of cases) {
+    const args = [];
+    for (const input of c.inputs) {
+      const data = new Float32Array(await (await fetch(input.file)).arrayBuffer());
+      args.push(tvm.empty(input.shape, "float32", dev).copyFrom(data));
+    }
+    const out = vm.getFunction(c.name)(...args);
+    const host = tvm.empty(out.shape, "float32", tvm.cpu()).copyFrom(out);
+    await dev.sync();
+    outputs[c.name] = Array.from(host.toArray());
+  }
+  tvm.endScope();
+  return outputs;
+}
+run().then(r => { window.__result = r; }, e => { window.__error = String(e && e.stack || e); });
+</script>
+"""
+
+
+@pytest.fixture(scope="module")
+def webgpu_outputs(tmp_path_factory, browser) -> dict:
+    """Every case's kernel, compiled for webgpu into one wasm, run once in Chromium."""
+    from stages.build_runtime import runtime_dir
+    from websd.wasm import RUNTIME_OBJECTS, export_wasm
+
+    runtime = runtime_dir()
+    if not all((runtime / name).is_file() for name in RUNTIME_OBJECTS):
+        pytest.fail(f"{runtime} lacks the web runtime: build it with `doit build_runtime`")
+    folder = tmp_path_factory.mktemp("attention-webgpu")
+    specs = {case_id(case): make_spec(*case) for case in CASES}
+    executable = tvm.compile(kernel_module(specs, flash_attention), tvm_target("webgpu"))
+    stats = export_wasm(executable, folder / "kernels.wasm", runtime)
+    assert stats["wgsl_kernels"] == len(specs)
+    cases, expected = [], {}
+    for name, spec in specs.items():
+        arrays = inputs(spec)
+        for label, array in zip("qkv", arrays):
+            array.tofile(folder / f"{name}_{label}.bin")
+        cases.append({"name": name, "inputs": [{"file": f"{name}_{label}.bin", "shape": list(a.shape)} for label, a in zip("qkv", arrays)]})
+        expected[name] = reference(spec, *arrays)
+    (folder / "cases.json").write_text(json.dumps(cases))
+    (folder / "index.html").write_text(PAGE)
+    shutil.copy(TVMJS, folder / "tvmjs.js")
+    with http_server(folder) as url:
+        got = run_page(browser, url + "index.html")
+    return {name: (np.array(got[name], np.float32).reshape(specs[name].out.shape), expected[name]) for name in specs}
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_gpu_kernel_in_chromium_webgpu(webgpu_outputs, case) -> None:
+    got, want = webgpu_outputs[case_id(case)]
+    assert_close(got, want)
+
+
+# --- the tile table: every head dim gets tiles within WebGPU's limits ------------------------
+
+
+def test_every_head_dim_has_tiles() -> None:
+    for head_dim in range(1, 1025):
+        tile_config(head_dim).check(head_dim)
+
+
+# --- the pass on small graphs written as the importer writes them ----------------------------
+
+
+def importer_like(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, mask=None, return_probs: bool = False):
+    """diffusers' AttnProcessor as torch.export + the importer give it: q, k, v (batch, tokens,
+    heads * head_dim) -> head split -> matmul(q, k^T) * scale [+ mask] -> softmax -> matmul v ->
+    head merge."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(x, relax.TensorType((batch, t, heads * head_dim), "float32")) for x, t in (("q", q_len), ("k", kv_len), ("v", kv_len))]
+    with bb.function("main", params):
+        with bb.dataflow():
+            def heads_first(x, tokens):
+                x = bb.emit(relax.op.reshape(x, (batch, tokens, heads, head_dim)))
+                x = bb.emit(relax.op.permute_dims(x, [0, 2, 1, 3]))
+                return bb.emit(relax.op.reshape(x, (batch * heads, tokens, head_dim)))
+
+            q, k, v = (heads_first(x, t) for x, t in zip(params, (q_len, kv_len, kv_len)))
+            scores = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 2, 1]))))
+            scores = bb.emit(relax.op.multiply(scores, relax.const(head_dim**-0.5, "float32")))
+            if mask is not None:
+                scores = bb.emit(relax.op.add(scores, relax.const(mask.astype(np.float32))))
+            probs = bb.emit(relax.op.nn.softmax(scores, axis=-1))
+            out = bb.emit(relax.op.matmul(probs, v))
+            out = bb.emit(relax.op.reshape(out, (batch, heads, q_len, head_dim)))
+            out = bb.emit(relax.op.permute_dims(out, [0, 2, 1, 3]))
+            out = bb.emit(relax.op.reshape(out, (batch, q_len, heads * head_dim)))
+            result = bb.emit_output(relax.Tuple([out, probs]) if return_probs else out)
+        bb.emit_func_output(result)
+    return bb.get()
+
+
+def attention_specs(mod) -> list[AttentionSpec]:
+    return [AttentionSpec.from_attr(f.attrs[ATTR]) for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc) and ATTR in f.attrs]
+
+
+def run_llvm(mod, *args: np.ndarray):
+    from stages.legalize import passes
+
+    executable = tvm.compile(tvm.transform.Sequential(passes()[1:])(mod), "llvm")  # legalize without fusing again
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](*(tvm.runtime.tensor(a) for a in args)).numpy()
+
+
+CAUSAL = np.triu(np.full((20, 20), np.finfo(np.float32).min), 1)[None]
+
+
+@pytest.mark.parametrize(
+    "shape, mask, causal",
+    [((2, 4, 20, 20, 8), None, False), ((2, 4, 20, 77, 8), None, False), ((1, 3, 20, 20, 16), CAUSAL, True), ((1, 1, 20, 20, 5), np.zeros((1, 20, 20)), False)],
+    ids=["self", "cross", "causal", "zero-mask"],
+)
+def test_pass_fuses_and_matches(shape, mask, causal) -> None:
+    from websd.passes.attention import fuse_attention
+
+    batch, heads, q_len, kv_len, head_dim = shape
+    mod = importer_like(*shape, mask=mask)
+    fused = fuse_attention(mod)
+    (spec,) = attention_specs(fused)
+    assert "softmax" not in fused["main"].script()
+    assert (spec.groups, spec.q_len, spec.kv_len, spec.head_dim, spec.causal) == (batch * heads, q_len, kv_len, head_dim, causal)
+    # the head split and merge are absorbed: the kernel reads and writes the (batch, tokens, heads * d) tensors
+    assert {op.shape for op in (spec.q, spec.out)} == {(batch, q_len, heads * head_dim)}
+    assert spec.k.shape == spec.v.shape == (batch, kv_len, heads * head_dim)
+    assert "permute_dims" not in fused["main"].script()
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((batch, t, heads * head_dim), dtype=np.float32) for t in (q_len, kv_len, kv_len)]
+    assert_close(run_llvm(fused, *args), run_llvm(mod, *args))
+
+
+@pytest.mark.parametrize("why", ["non-causal mask", "probabilities used elsewhere"])
+def test_pass_leaves_other_patterns_alone(why) -> None:
+    from websd.passes.attention import fuse_attention
+
+    if why == "non-causal mask":
+        mod = importer_like(1, 2, 20, 20, 8, mask=np.random.default_rng(0).standard_normal((1, 20, 20)))
+    else:
+        mod = importer_like(1, 2, 20, 20, 8, return_probs=True)
+    fused = fuse_attention(mod)
+    assert attention_specs(fused) == []
+    assert "softmax" in fused["main"].script()
+
+
+# --- the pass on the default model's three components ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_legalized() -> Layout:
+    doit(f"config={DEFAULT_CONFIG}", "legalize")
+    return layout_of(DEFAULT_CONFIG)
+
+
+def attention_layers(component: str, model_dir: Path) -> int:
+    """Attention modules of the PyTorch model that the exported graph runs."""
+    module = load_component(component, model_dir).model
+    if component == "vae_decoder":
+        module = module.decoder  # the encoder's attention is not exported
+    kinds = {"text_encoder": "CLIPAttention", "unet": "Attention", "vae_decoder": "Attention"}
+    return sum(type(m).__name__ == kinds[component] for m in module.modules())
+
+
+@pytest.mark.parametrize("component", ["text_encoder", "unet", "vae_decoder"])
+def test_pass_finds_every_attention_of_the_default_model(default_legalized: Layout, component: str) -> None:
+    mod = relax_io.load_module(default_legalized.legalized(component))
+    kernels = {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    assert not [gv.name_hint for gv in kernels if "softmax" in gv.name_hint]
+    calls = [
+        kernels[call.args[0]] for call in _calls(mod["main"])
+        if call.op.name == "relax.call_tir" and call.args[0] in kernels and ATTR in kernels[call.args[0]].attrs
+    ]
+    expected = attention_layers(component, model_folder(default_legalized.model))
+    assert expected > 0 and len(calls) == expected
+    specs = [AttentionSpec.from_attr(f.attrs[ATTR]) for f in calls]
+    assert all(spec.causal == (component == "text_encoder") for spec in specs)
+    if component != "vae_decoder":  # multi-head: the head transposes are gone
+        assert all(op.heads > 1 for spec in specs for op in (spec.q, spec.k, spec.v, spec.out))
+
+
+def _calls(func) -> list:
+    return [b.value for block in func.body.blocks for b in block.bindings if isinstance(b.value, relax.Call)]
+
+
+def test_unet_allocates_no_scores_tensor(tmp_path: Path) -> None:
+    """At 256x256 the tiny UNet's first attention has 1024 tokens: its scores would be a
+    16 x 1024 x 1024 fp32 tensor (64 MiB); after the pass no allocation comes near it."""
+    config = write_config(tmp_path / "unet256.yaml", {"components": ["unet"], "targets": ["llvm"], "image": {"height": 256, "width": 256}})
+    doit(f"config={config}", "memory_plan")
+    layout = layout_of(config)
+    specs = attention_specs(relax_io.load_module(layout.legalized("unet")))
+    scores = max(4 * s.groups * s.q_len * s.kv_len for s in specs)
+    assert scores == 4 * 16 * 1024 * 1024
+    report = json.loads(layout.memory_report("unet", "llvm").read_text())
+    assert report["largest_bytes"] < scores // 8
+
+
+# --- the GPU kernel builds for every SD 1.5 shape ---------------------------------------------
+
+
+def _sources(executable, kind: str) -> str:
+    def modules(m):
+        yield m
+        for imported in m.imports:
+            yield from modules(imported)
+
+    return "".join(m.inspect_source() for m in modules(executable.mod) if m.kind == kind)
+
+
+@pytest.fixture(scope="module")
+def sd15() -> dict[str, AttentionSpec]:
+    specs = sd15_specs(2)  # the text encoder and the VAE run at batch 1 either way
+    specs.update({f"{name}_batch1": spec for name, spec in sd15_specs(1).items() if name.startswith("unet")})
+    return specs
+
+
+def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
+    wgsl = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("webgpu")), "webgpu")
+    kernels = wgsl.split("@compute")[1:]
+    assert len(kernels) == len(sd15)
+    for trap in ("i64", "f16", "i8", "inff", "2147483648i"):
+        assert not re.search(rf"\b{trap}", wgsl), trap
+    for size in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", wgsl):
+        assert math.prod(map(int, size)) <= WORKGROUP_THREADS
+    for chunk in wgsl.split("@compute")[:-1]:  # each kernel's workgroup variables precede it
+        words = {"f32": 1, "vec2<f32>": 2, "vec4<f32>": 4, "i32": 1}
+        shared = re.findall(r"var<workgroup> \w+ : array<([\w<>]+), (\d+)>", chunk.rsplit("@group(0) @binding(0)", 1)[-1])
+        assert shared and 4 * sum(words[t] * int(n) for t, n in shared) <= WORKGROUP_BYTES
+
+
+def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
+    """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: no register spills."""
+    source = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
+    assert source.count("__global__") == 2 * len(sd15)  # declaration + definition
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed: TVM's CUDA source was generated, not compiled")
+    (tmp_path / "attention.cu").write_text(source)
+    result = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-cubin", "--resource-usage", "-o", str(tmp_path / "attention.cubin"), str(tmp_path / "attention.cu")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    usage = result.stdout + result.stderr
+    assert usage.count("Compiling entry function") == len(sd15)
+    assert re.findall(r"(\d+) bytes spill stores", usage) == ["0"] * len(sd15), usage

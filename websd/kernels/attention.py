@@ -1,0 +1,535 @@
+"""Fused attention: softmax(scale * Q K^T [+ causal mask]) V without a scores tensor in memory.
+
+Two forms of the same computation, with the same signature (q, k, v, out):
+
+- `plain_attention(spec)`: plain TensorIR, target-independent and unscheduled. Per query row it
+  keeps the kv_len scores in a scratch buffer of kv_len floats (never q_len x kv_len), takes their
+  max, sums the exponentials and weights V. The Relax pass (websd/passes/attention.py) emits it,
+  so `llvm` compiles it as it is. It carries the attribute ATTR (the spec, `AttentionSpec`).
+- `flash_attention(spec)`: hand-scheduled GPU kernel (explicit threads, workgroup memory,
+  "tirx.is_scheduled" so dlight leaves it alone). `schedule_attention(target)` swaps it in for every
+  function that carries ATTR; apply_db runs it for GPU targets.
+
+Q, K, V and the output are read and written where the graph has them: each operand is either
+(groups, tokens, head_dim) contiguous, or the (batch, tokens, heads * head_dim) tensor that the
+head split/merge reshapes came from (`Operand.heads` > 0): the kernel indexes it directly, so the
+transposes around the attention disappear. groups = batch * heads; head_dim is contiguous in
+every layout (coalesced loads along it).
+
+The GPU kernel, one workgroup per (group, BQ query rows); within WebGPU's default limits (at most
+256 invocations, 16 KiB workgroup storage, no f16, no i64, no blockIdx.z):
+
+    Q tile -> shared (transposed, once if head_dim fits in one chunk, else per chunk)
+    for each tile of BK keys (causal: only up to the tile's last query):
+        S = Q K^T:    K streamed through shared in head_dim chunks of DCS; each thread keeps a
+                      TQ x TK register tile of S (register blocking as in a tiled GEMM)
+        softmax:      fp32 online softmax. Row maxima combine through shared memory (`red`); each
+                      thread keeps the running max m and its part of the running sum l for its
+                      rows in registers (all threads of a row compute the same m); P = exp(S - m)
+                      goes to shared (transposed), the rescale factor exp(m_old - m) too
+        O += P V:     V streamed through shared in chunks of BKV keys; each thread keeps a
+                      TQO x TD register tile of O, rescaled by exp(m_old - m) first
+    out = O / l  (the partial sums of l combine through `red` once, at the end)
+
+Shared tiles are unpadded, their 4-float quads XOR-swizzled (`_swizzle`), so the register tiles
+load as float4 (LDS.128 in CUDA) without bank conflicts and everything fits 16 KiB; global loads
+are float4 along head_dim when it is a multiple of 4. Masked scores (keys past kv_len, causal)
+are a finite -1e30, never -inf (WGSL rejects `-inff`), and their exponentials are exactly 0;
+the mask is one comparison per score against a per-row key limit. The tiles per head dim are
+`TILES` / `tile_config` (one table, documented there): change them there and check with
+`TileConfig.check`; bench/attention_bench.py times them against the unfused chain on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+ATTR = "websd.attention"
+NEG = -1.0e30  # "minus infinity" for masked scores: finite, so no -inf literal reaches WGSL
+WORKGROUP_BYTES = 16384  # WebGPU's default maxComputeWorkgroupStorageSize
+WORKGROUP_THREADS = 256  # WebGPU's default maxComputeInvocationsPerWorkgroup
+OPAQUE = 8  # relax's OpPatternKind::kOpaque
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one of q, k, v, out sits in memory. `shape`: the tensor the kernel takes (the graph's).
+    heads == 0: (groups, tokens, head_dim) contiguous. heads > 0: (groups // heads, tokens, heads,
+    head_dim) contiguous, i.e. a (batch, tokens, heads * head_dim) tensor."""
+
+    shape: tuple[int, ...]
+    heads: int = 0
+
+    def offset(self, group, tokens: int, token, head_dim: int, d):
+        """Flat offset of element (group, token, d); TIR expressions in, TIR expression out."""
+        if self.heads:
+            h = self.heads
+            return ((group // h) * tokens + token) * (h * head_dim) + (group % h) * head_dim + d
+        return (group * tokens + token) * head_dim + d
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    groups: int  # batch * heads
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool  # key j sees query i iff j <= i (top-left aligned, as torch's is_causal)
+    scale: float
+    q: Operand
+    k: Operand
+    v: Operand
+    out: Operand
+
+    def __post_init__(self):
+        for name, tokens in (("q", self.q_len), ("k", self.kv_len), ("v", self.kv_len), ("out", self.q_len)):
+            op = getattr(self, name)
+            if op.numel != self.groups * tokens * self.head_dim:
+                raise ValueError(f"attention {name}: shape {op.shape} does not hold {self.groups} x {tokens} x {self.head_dim}")
+            if op.heads and self.groups % op.heads:
+                raise ValueError(f"attention {name}: {self.groups} groups are not a multiple of {op.heads} heads")
+
+    def to_attr(self) -> dict:
+        """The function attribute: plain ints, floats and lists only."""
+        attr = {k: v for k, v in asdict(self).items() if k not in ("q", "k", "v", "out")}
+        attr["causal"] = int(self.causal)
+        for name in ("q", "k", "v", "out"):
+            op = getattr(self, name)
+            attr[f"{name}_shape"] = list(op.shape)
+            attr[f"{name}_heads"] = op.heads
+        return attr
+
+    @staticmethod
+    def from_attr(attr) -> AttentionSpec:
+        ops = {name: Operand(tuple(int(d) for d in attr[f"{name}_shape"]), int(attr[f"{name}_heads"])) for name in ("q", "k", "v", "out")}
+        return AttentionSpec(
+            groups=int(attr["groups"]), q_len=int(attr["q_len"]), kv_len=int(attr["kv_len"]), head_dim=int(attr["head_dim"]),
+            causal=bool(int(attr["causal"])), scale=float(attr["scale"]), **ops,
+        )
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds of the two products, times two (causal counted in full)."""
+        return 4 * self.groups * self.q_len * self.kv_len * self.head_dim
+
+
+def _f32(x: float):
+    from tvm import tirx
+
+    return tirx.FloatImm("float32", float(x))
+
+
+def plain_attention(spec: AttentionSpec):
+    """Target-independent TensorIR: per query row, the scores in a kv_len scratch buffer."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    G, N, M, D = spec.groups, spec.q_len, spec.kv_len, spec.head_dim
+    scale, neg = _f32(spec.scale), _f32(NEG)
+
+    def masked(i, j):
+        return tirx.const(False) if not spec.causal else j > i
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+        q_in = T.match_buffer(q_h, spec.q.shape, "float32")
+        k_in = T.match_buffer(k_h, spec.k.shape, "float32")
+        v_in = T.match_buffer(v_h, spec.v.shape, "float32")
+        o_in = T.match_buffer(o_h, spec.out.shape, "float32")
+        q = T.decl_buffer((spec.q.numel,), "float32", data=q_in.data)
+        k = T.decl_buffer((spec.k.numel,), "float32", data=k_in.data)
+        v = T.decl_buffer((spec.v.numel,), "float32", data=v_in.data)
+        o = T.decl_buffer((spec.out.numel,), "float32", data=o_in.data)
+        scores = T.alloc_buffer((M,), "float32")
+        acc = T.alloc_buffer((D,), "float32")
+        stat = T.alloc_buffer((2,), "float32")  # running max, sum of exponentials
+        for g in range(G):
+            for i in range(N):
+                stat[0] = neg
+                for j in range(M):
+                    scores[j] = _f32(0)
+                    for d in range(D):
+                        scores[j] = scores[j] + q[spec.q.offset(g, N, i, D, d)] * k[spec.k.offset(g, M, j, D, d)]
+                    if masked(i, j):
+                        scores[j] = neg
+                    else:
+                        scores[j] = scores[j] * scale
+                    stat[0] = T.max(stat[0], scores[j])
+                stat[1] = _f32(0)
+                for d in range(D):
+                    acc[d] = _f32(0)
+                for j in range(M):
+                    scores[j] = T.exp(scores[j] - stat[0])
+                    stat[1] = stat[1] + scores[j]
+                    for d in range(D):
+                        acc[d] = acc[d] + scores[j] * v[spec.v.offset(g, M, j, D, d)]
+                for d in range(D):
+                    o[spec.out.offset(g, N, i, D, d)] = acc[d] / stat[1]
+
+    # opaque: FuseOps must not fuse anything into it
+    return attention.with_attr(ATTR, spec.to_attr()).with_attr("op_pattern", OPAQUE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU kernel's tiles
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One workgroup: BQ query rows, keys in tiles of BK, THREADS invocations.
+
+    S = Q K^T tile (BQ x BK): thread grid (BQ/TQ) x (BK/TK), a TQ x TK register tile each; Q and K
+    go through shared memory in head_dim chunks of DCS (Q stays resident if DCS >= head_dim).
+    O tile (BQ x head_dim): thread grid (BQ/TQO) x (THREADS*TQO/BQ), a TQO x TD register tile each
+    (head_dim padded up to the grid's columns x TD); V goes through shared in chunks of BKV keys.
+    """
+
+    BQ: int
+    BK: int
+    TQ: int
+    TK: int
+    DCS: int
+    TQO: int
+    BKV: int
+    THREADS: int
+
+    def columns(self) -> int:
+        """Thread columns of the O tile."""
+        return self.THREADS * self.TQO // self.BQ
+
+    def td(self, head_dim: int) -> int:
+        return -(-head_dim // self.columns())
+
+    def shared_floats(self, head_dim: int) -> dict[str, int]:
+        dcs = min(self.DCS, head_dim)
+        return {
+            "q": dcs * self.BQ,
+            "kv": max(dcs * self.BK, self.BKV * self.td(head_dim) * self.columns()),
+            "p": self.BK * self.BQ,
+            "red": self.BQ * (self.BK // self.TK),
+            "alpha": self.BQ,
+        }
+
+    def check(self, head_dim: int) -> None:
+        """Raise ValueError unless the tiles are consistent and within WebGPU's default limits."""
+        problems = []
+        if self.THREADS > WORKGROUP_THREADS:
+            problems.append(f"{self.THREADS} threads > {WORKGROUP_THREADS}")
+        if self.BQ % self.TQ or self.BK % self.TK or (self.BQ // self.TQ) * (self.BK // self.TK) != self.THREADS:
+            problems.append(f"S grid (BQ/TQ) x (BK/TK) != {self.THREADS} threads")
+        if self.BQ % self.TQO or (self.THREADS * self.TQO) % self.BQ:
+            problems.append("O grid: BQ/TQO does not divide the threads")
+        if self.BK % self.BKV:
+            problems.append("BKV does not divide BK")
+        for name in ("BQ", "BK"):  # rows of 4-float quads, swizzled by XOR
+            if getattr(self, name) < 4 or getattr(self, name) & (getattr(self, name) - 1):
+                problems.append(f"{name} is not a power of two >= 4")
+        for name in ("TQ", "TK", "TQO"):  # register tiles read as whole quads or within one
+            if 4 % getattr(self, name) and getattr(self, name) % 4:
+                problems.append(f"{name} neither divides 4 nor is a multiple of 4")
+        nbytes = 4 * sum(self.shared_floats(head_dim).values())
+        if nbytes > WORKGROUP_BYTES:
+            problems.append(f"{nbytes} bytes of workgroup memory > {WORKGROUP_BYTES}")
+        if problems:
+            raise ValueError(f"tile config {self} for head_dim {head_dim}: " + "; ".join(problems))
+
+
+# Per head_dim, the SD 1.x shapes (not measured on a GPU yet; the reasoning):
+# - 40 (UNet at 4096 tokens, most of the attention work): 32 queries x 32 keys, 64 threads with
+#   4x4 tiles of S and 4x5 of O, Q resident: 15.1 KiB, so up to 15 workgroups per H100 SM.
+# - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim.
+# - 160 (256 and 64 tokens): 128 threads (2x4 tiles of S, 4x10 of O) to keep O's registers low.
+# - 512 (VAE, one head, 4096 tokens): 16 queries per workgroup (256 workgroups), 64 keys per tile,
+#   each thread owns 16 query rows x 4 columns of O (64 registers) so a P value read serves 4
+#   multiply-adds and a V value 16; V through shared 4 keys (8 KiB) at a time.
+TILES: dict[int, TileConfig] = {
+    40: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=32, THREADS=64),
+    64: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=32, TQO=4, BKV=16, THREADS=64),
+    80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
+    160: TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=8, THREADS=128),
+    512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=32, TQO=16, BKV=4, THREADS=128),
+}
+
+
+def sd15_specs(batch: int = 2) -> dict[str, AttentionSpec]:
+    """The attentions of SD 1.5 at 512x512 as the pass gives them (the shapes TILES is for):
+    UNet self- and cross-attention (8 heads) at batch `batch`, the VAE decoder's mid-block
+    (one head of 512), the text encoder (12 heads of 64, causal, batch 1)."""
+
+    def spec(batch, heads, q_len, kv_len, head_dim, causal=False):
+        def op(tokens):
+            return Operand((batch * tokens, heads * head_dim), heads)
+
+        return AttentionSpec(batch * heads, q_len, kv_len, head_dim, causal, head_dim**-0.5, op(q_len), op(kv_len), op(kv_len), op(q_len))
+
+    specs = {}
+    for tokens, head_dim in ((4096, 40), (1024, 80), (256, 160), (64, 160)):
+        specs[f"unet_self_{tokens}"] = spec(batch, 8, tokens, tokens, head_dim)
+        specs[f"unet_cross_{tokens}"] = spec(batch, 8, tokens, 77, head_dim)
+    specs["vae_mid_4096"] = spec(1, 1, 4096, 4096, 512)
+    specs["clip_77"] = spec(1, 12, 77, 77, 64, causal=True)
+    return specs
+
+
+def tile_config(head_dim: int) -> TileConfig:
+    """The table's tiles for `head_dim`, else the first generic candidate that fits."""
+    if head_dim in TILES:
+        return TILES[head_dim]
+    if head_dim <= 128:
+        shapes = [dict(BQ=32, BK=32, TQ=4, TK=4, TQO=4, THREADS=64)]
+    elif head_dim <= 256:
+        shapes = [dict(BQ=32, BK=32, TQ=2, TK=4, TQO=4, THREADS=128)]
+    else:
+        shapes = [dict(BQ=16, BK=64, TQ=2, TK=4, TQO=16, THREADS=128), dict(BQ=16, BK=32, TQ=1, TK=4, TQO=16, THREADS=128)]
+    for shape in shapes:
+        for dcs in (40, 32, 16, 8, 4):
+            for bkv in (32, 16, 8, 4, 2, 1):
+                if bkv > shape["BK"]:
+                    continue
+                config = TileConfig(DCS=dcs, BKV=bkv, **shape)
+                try:
+                    config.check(head_dim)
+                except ValueError:
+                    continue
+                return config
+    raise ValueError(f"no attention tiles fit head_dim {head_dim} in {WORKGROUP_BYTES} bytes")
+
+
+def _swizzle(col, row, quads: int):
+    """Column of element (row, col) in a shared tile of `quads` 4-float quads per row: the quad
+    index XOR (row / 4). Reads of up to 4 aligned floats of a row stay contiguous (vectorizable),
+    and a warp's stores down a column (the transposes) spread over the banks instead of hitting
+    one: no padding, so the tiles fit WebGPU's 16 KiB."""
+    return (((col // 4) ^ ((row // 4) % quads)) * 4) + col % 4
+
+
+def _width(*sizes: int) -> int:
+    """The widest vector (4, 2 or 1 floats) that every size is a multiple of."""
+    return next(w for w in (4, 2, 1) if all(s % w == 0 for s in sizes))
+
+
+def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
+    """The scheduled GPU kernel for `spec` (same signature as `plain_attention(spec)`)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    G, N, M, D = spec.groups, spec.q_len, spec.kv_len, spec.head_dim
+    cfg = config or tile_config(D)
+    cfg.check(D)
+    BQ, BK, TQ, TK, TQO, BKV, NT = cfg.BQ, cfg.BK, cfg.TQ, cfg.TK, cfg.TQO, cfg.BKV, cfg.THREADS
+    DCS = min(cfg.DCS, D)
+    NCH = -(-D // DCS)  # head_dim chunks of S
+    RESIDENT = NCH == 1  # Q loaded once per workgroup
+    C = BK // TK  # thread columns of S
+    CO = cfg.columns()  # thread columns of O
+    TD = cfg.td(D)
+    DP = TD * CO  # head_dim padded to the O grid
+    QQ, KQ = BQ // 4, BK // 4  # quads per row of the transposed tiles (q_s [d][query], k [d][key], p_s [key][query])
+    KV_FLOATS = max(DCS * BK, BKV * DP)
+    Q_TILES = -(-N // BQ)
+    KV_TILES = -(-M // BK)
+    # Global loads: VEC floats at a time along head_dim (aligned when head_dim is a multiple of 4).
+    VEC = 4 if D % 4 == 0 and DCS % 4 == 0 else 1
+    QK_ITERS = -(-BQ * DCS // VEC // NT), -(-BK * DCS // VEC // NT)
+    V_ITERS = -(-BKV * DP // VEC // NT)
+    VQ, VK, VO, VD = min(TQ, 4), min(TK, 4), min(TQO, 4), _width(TD)  # widths of the shared reads
+    scale, neg, zero, one = _f32(spec.scale), _f32(NEG), _f32(0), _f32(1)
+
+    def kv_tiles(q0):
+        if spec.causal:  # keys past the tile's last query are masked for every row of it
+            return T.min(KV_TILES, (T.min(q0 + BQ, N) - 1) // BK + 1)
+        return KV_TILES
+
+    def key_limit(query):
+        # One comparison per score against a per-row limit: compound conditions in the 16
+        # unrolled branches took SwiftShader's shader compiler over a minute.
+        return T.min(M, query + 1) if spec.causal else M
+
+    def at(operand: Operand, group, tokens: int, token, d):
+        return operand.offset(group, tokens, token, D, d)
+
+    def load_q(kt):  # each chunk at every KV tile, or a resident Q once
+        return kt == 0 if RESIDENT else tirx.const(True)
+
+    def qs(d, col):  # q_s [d][query]
+        return d * BQ + _swizzle(col, d, QQ)
+
+    def ks(d, col):  # K in kv_s: [d][key]
+        return d * BK + _swizzle(col, d, KQ)
+
+    def ps(key, col):  # p_s [key][query]
+        return key * BQ + _swizzle(col, key, QQ)
+
+    @T.prim_func(private=True)
+    def attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, o_h: T.handle):
+        q_in = T.match_buffer(q_h, spec.q.shape, "float32")
+        k_in = T.match_buffer(k_h, spec.k.shape, "float32")
+        v_in = T.match_buffer(v_h, spec.v.shape, "float32")
+        o_in = T.match_buffer(o_h, spec.out.shape, "float32")
+        q = T.decl_buffer((spec.q.numel,), "float32", data=q_in.data)
+        k = T.decl_buffer((spec.k.numel,), "float32", data=k_in.data)
+        v = T.decl_buffer((spec.v.numel,), "float32", data=v_in.data)
+        o = T.decl_buffer((spec.out.numel,), "float32", data=o_in.data)
+        for g in T.thread_binding(G, thread="blockIdx.y"):
+            for qt in T.thread_binding(Q_TILES, thread="blockIdx.x"):
+                for tx in T.thread_binding(NT, thread="threadIdx.x"):
+                    q_s = T.alloc_buffer((DCS * BQ,), "float32", scope="shared")
+                    kv_s = T.alloc_buffer((KV_FLOATS,), "float32", scope="shared")  # K [d][key], then V [key][d]
+                    p_s = T.alloc_buffer((BK * BQ,), "float32", scope="shared")
+                    red = T.alloc_buffer((BQ * C,), "float32", scope="shared")  # [query][S column]
+                    alpha_s = T.alloc_buffer((BQ,), "float32", scope="shared")
+                    s_r = T.alloc_buffer((TQ * TK,), "float32", scope="local")
+                    o_r = T.alloc_buffer((TQO * TD,), "float32", scope="local")
+                    m_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    l_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    a_r = T.alloc_buffer((TQ,), "float32", scope="local")
+                    lim_r = T.alloc_buffer((TQ,), "int32", scope="local")  # the row sees keys < lim
+                    ld_r = T.alloc_buffer((VEC,), "float32", scope="local")  # one global load
+                    qv_r = T.alloc_buffer((max(TQ, TQO),), "float32", scope="local")  # a column of Q / P
+                    kv_r = T.alloc_buffer((max(TK, TD),), "float32", scope="local")  # a row of K / V
+                    q0: T.let[T.int32] = qt * BQ
+                    rg: T.let[T.int32] = tx // C  # S grid
+                    cg: T.let[T.int32] = tx % C
+                    ro: T.let[T.int32] = tx // CO  # O grid
+                    co: T.let[T.int32] = tx % CO
+                    for i in T.unroll(TQ):
+                        m_r[i] = neg
+                        l_r[i] = zero
+                        lim_r[i] = key_limit(q0 + rg * TQ + i)
+                    for e in T.unroll(TQO * TD):
+                        o_r[e] = zero
+                    for kt in range(kv_tiles(q0)):
+                        # ---- S = Q K^T, head_dim in chunks of DCS
+                        for e in T.unroll(TQ * TK):
+                            s_r[e] = zero
+                        for c in range(NCH):
+                            if c > 0:
+                                T.tvm_storage_sync("shared")
+                            if load_q(kt):  # Q chunk -> q_s, transposed
+                                for it in T.unroll(QK_ITERS[0]):
+                                    if it * NT + tx < BQ * DCS // VEC:
+                                        if q0 + (it * NT + tx) // (DCS // VEC) < N and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                            for w in T.vectorized(VEC):
+                                                ld_r[w] = q[at(spec.q, g, N, q0 + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
+                                        else:
+                                            for w in T.vectorized(VEC):
+                                                ld_r[w] = zero
+                                        for w in T.unroll(VEC):
+                                            q_s[qs((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
+                            for it in T.unroll(QK_ITERS[1]):  # K chunk -> kv_s, transposed
+                                if it * NT + tx < BK * DCS // VEC:
+                                    if kt * BK + (it * NT + tx) // (DCS // VEC) < M and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                        for w in T.vectorized(VEC):
+                                            ld_r[w] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
+                                    else:
+                                        for w in T.vectorized(VEC):
+                                            ld_r[w] = zero
+                                    for w in T.unroll(VEC):
+                                        kv_s[ks((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
+                            T.tvm_storage_sync("shared")
+                            for d in range(DCS):
+                                for u in T.unroll(TQ // VQ):
+                                    for i in T.vectorized(VQ):
+                                        qv_r[u * VQ + i] = q_s[qs(d, rg * TQ + u * VQ) + i]
+                                for u in T.unroll(TK // VK):
+                                    for j in T.vectorized(VK):
+                                        kv_r[u * VK + j] = kv_s[ks(d, cg * TK + u * VK) + j]
+                                for i in T.unroll(TQ):
+                                    for j in T.unroll(TK):
+                                        s_r[i * TK + j] = s_r[i * TK + j] + qv_r[i] * kv_r[j]
+                        # ---- online softmax: the rows' maxima through `red`
+                        for i in T.unroll(TQ):
+                            a_r[i] = neg
+                            for j in T.unroll(TK):
+                                if kt * BK + cg * TK + j < lim_r[i]:
+                                    s_r[i * TK + j] = s_r[i * TK + j] * scale
+                                else:
+                                    s_r[i * TK + j] = neg
+                                a_r[i] = T.max(a_r[i], s_r[i * TK + j])
+                            red[(rg * TQ + i) * C + cg] = a_r[i]
+                        T.tvm_storage_sync("shared")
+                        for i in T.unroll(TQ):
+                            a_r[i] = m_r[i]
+                            for j in range(C):
+                                a_r[i] = T.max(a_r[i], red[(rg * TQ + i) * C + j])
+                            l_r[i] = l_r[i] * T.exp(m_r[i] - a_r[i])
+                            if cg == 0:
+                                alpha_s[rg * TQ + i] = T.exp(m_r[i] - a_r[i])
+                            m_r[i] = a_r[i]
+                            for j in T.unroll(TK):
+                                s_r[i * TK + j] = T.exp(s_r[i * TK + j] - a_r[i])
+                                l_r[i] = l_r[i] + s_r[i * TK + j]
+                        for j in T.unroll(TK):  # P -> p_s, transposed, a quad of queries at a time
+                            for u in T.unroll(TQ // VQ):
+                                for i in T.vectorized(VQ):
+                                    p_s[ps(cg * TK + j, rg * TQ + u * VQ) + i] = s_r[(u * VQ + i) * TK + j]
+                        T.tvm_storage_sync("shared")
+                        # ---- O = alpha O + P V, V in chunks of BKV keys
+                        for i in T.unroll(TQO):
+                            for j in T.unroll(TD):
+                                o_r[i * TD + j] = o_r[i * TD + j] * alpha_s[ro * TQO + i]
+                        for vc in range(BK // BKV):
+                            if vc > 0:
+                                T.tvm_storage_sync("shared")
+                            for it in T.unroll(V_ITERS):  # V chunk -> kv_s [key][d]
+                                if it * NT + tx < BKV * DP // VEC:
+                                    if kt * BK + vc * BKV + (it * NT + tx) // (DP // VEC) < M and (it * NT + tx) % (DP // VEC) * VEC < D:
+                                        for w in T.vectorized(VEC):
+                                            kv_s[(it * NT + tx) * VEC + w] = v[at(spec.v, g, M, kt * BK + vc * BKV + (it * NT + tx) // (DP // VEC), (it * NT + tx) % (DP // VEC) * VEC) + w]
+                                    else:
+                                        for w in T.vectorized(VEC):
+                                            kv_s[(it * NT + tx) * VEC + w] = zero
+                            T.tvm_storage_sync("shared")
+                            for kk in range(BKV):
+                                for u in T.unroll(TQO // VO):
+                                    for i in T.vectorized(VO):
+                                        qv_r[u * VO + i] = p_s[ps(vc * BKV + kk, ro * TQO + u * VO) + i]
+                                for u in T.unroll(TD // VD):
+                                    for j in T.vectorized(VD):
+                                        kv_r[u * VD + j] = kv_s[kk * DP + co * TD + u * VD + j]
+                                for i in T.unroll(TQO):
+                                    for j in T.unroll(TD):
+                                        o_r[i * TD + j] = o_r[i * TD + j] + qv_r[i] * kv_r[j]
+                        T.tvm_storage_sync("shared")
+                    # ---- out = O / l, the parts of l through `red`
+                    for i in T.unroll(TQ):
+                        red[(rg * TQ + i) * C + cg] = l_r[i]
+                    T.tvm_storage_sync("shared")
+                    for i in T.unroll(TQO):
+                        if q0 + ro * TQO + i < N:
+                            qv_r[i] = zero
+                            for j in range(C):
+                                qv_r[i] = qv_r[i] + red[(ro * TQO + i) * C + j]
+                            for j in T.unroll(TD):
+                                if co * TD + j < D:
+                                    o[at(spec.out, g, N, q0 + ro * TQO + i, co * TD + j)] = o_r[i * TD + j] * (one / qv_r[i])
+
+    return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
+
+
+def schedule_attention(target: str):
+    """A module pass for `target` (a websd.targets name): on GPU targets, every PrimFunc that
+    carries ATTR becomes the scheduled `flash_attention` of its spec; elsewhere nothing changes."""
+    import tvm
+
+    from websd.targets import is_gpu
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduleAttention")
+    def swap(mod, _ctx):
+        if not is_gpu(target):
+            return mod
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and ATTR in (func.attrs or {}):
+                kernel = flash_attention(AttentionSpec.from_attr(func.attrs[ATTR]))
+                for key in ("global_symbol", "op_pattern"):
+                    if key in func.attrs:
+                        kernel = kernel.with_attr(key, func.attrs[key])
+                mod[gv] = kernel
+        return mod
+
+    return swap
