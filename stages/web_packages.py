@@ -47,7 +47,8 @@ def task() -> dict:
     return {
         "doc": "the page's npm packages, as web/package-lock.json pins them (npm ci)",
         "actions": [npm_ci],
-        "file_dep": [str(LOCK)],
         "targets": [str(p) for p in FILES],
+        # Only this: a file_dep on the lock file would rerun `npm ci` (which first deletes
+        # node_modules) in every new build tree, though the lock file's packages are there.
         "uptodate": [installed],
     }
