@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,22 @@ def save_tensor_cache(component: str, params: dict[str, np.ndarray], out_dir: Pa
 def tensor_cache_param_names(cache_dir: Path) -> list[str]:
     """The PyTorch name of each weight of a tensor cache, in `main`'s order."""
     return json.loads((Path(cache_dir) / "tensor-cache.json").read_text())["metadata"]["param_names"]
+
+
+# A weight stored in column blocks (a table wider than a WebGPU binding) is named after its
+# PyTorch parameter with the block's columns: "name[:, start:stop]".
+_COLUMN_BLOCK = re.compile(r"(?P<name>.+)\[:, (?P<start>\d+):(?P<stop>\d+)\]")
+
+
+def select_weights(weights: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The arrays a build takes, by its weight names (a tensor cache's `param_names`), from
+    PyTorch's weights by parameter name: a column block's name selects those columns."""
+    selected = {}
+    for name in names:
+        block = _COLUMN_BLOCK.fullmatch(name)
+        source = block["name"] if block else name
+        if source not in weights:
+            raise KeyError(f"the build takes weight {name!r}, but the model has no parameter {source!r}")
+        weight = weights[source]
+        selected[name] = np.ascontiguousarray(weight[:, int(block["start"]) : int(block["stop"])]) if block else weight
+    return selected
