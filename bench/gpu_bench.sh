@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU benchmark in one call of the `device` tool (bench/README.md):
 #   run: bash bench/gpu_bench.sh [config] [unet variants...]   carry: ["bench/.carry"]
-# Unpacks bench/.carry (bench/pack_gpu.sh), makes the config's random weights there, runs
-# bench/gpu_bench.py and leaves gpu-bench.{json,md,png} and its log in $OUT.
+# Unpacks bench/.carry (bench/pack_gpu.sh): the cuda libraries and the WebGPU bundle, whose
+# weights bench/gpu_bench.py makes there from the config's seed; leaves gpu-bench.{json,md,png}
+# and its log in $OUT.
 set -euo pipefail
 source bench/gpu_env.sh
 config=${1:-config/sd-v1-5-random.yaml}
@@ -15,7 +16,8 @@ use_tvm_runtime_only "$carry" "$work/cccl"
 node=$(bash bench/unpack_node.sh "$work/node" "$carry")
 unxz_into "$carry/cuda/*.xz" "$work/carry/cuda"
 unxz_into "$carry/webgpu/*.xz" "$work/carry/webgpu"
-cp -r "$carry/params" "$work/carry/"
+mkdir -p "$work/carry/dist"
+tar -xJf "$carry/dist.tar.xz" -C "$work/carry/dist"
 
 python3 bench/gpu_bench.py --config "$config" --carry "$work/carry" --node "$node" --node-dir "$work/node" \
   --cuda-include "$work/cccl" --unet-variants "$@" --out "$OUT" 2>&1 | tee "$OUT/gpu-bench.log"

@@ -9,5 +9,6 @@ use_tvm_runtime_only "$carry" "$work/cccl"
 unxz_into "$carry/cuda/unet*.so.xz" "$work"
 builds=()
 for library in "$work"/unet*.so; do builds+=("$(basename "$library" .so)=$library"); done
-python3 bench/profile_cuda.py --cache-index "$carry/params/unet/tensor-cache.json" --cuda-include "$work/cccl" \
+tar -xJf "$carry/dist.tar.xz" -C "$work" ./params/unet/tensor-cache.json
+python3 bench/profile_cuda.py --cache-index "$work/params/unet/tensor-cache.json" --cuda-include "$work/cccl" \
   --out "$OUT" "${builds[@]}" 2>&1 | tee "$OUT/profile-cuda.log"
