@@ -324,16 +324,8 @@ async function main() {
     log(`${name}: ${JSON.stringify(result.load[name])}`);
   }
 
-  const generation = {
-    prompt: run.generation.prompt,
-    negativePrompt: run.generation.negative_prompt,
-    seed: run.generation.seed,
-    steps: run.generation.steps,
-    scheduler: run.generation.scheduler,
-    guidance: run.generation.guidance,
-  };
-  for (const key of Object.keys(generation)) if (generation[key] === undefined) delete generation[key];
-  const settings = { ...manifest.defaults, negativePrompt: manifest.defaults.negative_prompt, ...generation };
+  const settings = { ...manifest.defaults, ...run.generation }; // named as in the manifest
+  const generation = { ...settings, negativePrompt: settings.negative_prompt }; // as pipeline.generate names them
   const promptIds = tokenizer.encode(settings.prompt);
 
   result.timings = {};
@@ -353,12 +345,7 @@ async function main() {
   fs.mkdirSync(path.dirname(run.image_out), { recursive: true });
   fs.writeFileSync(run.image_out, image);
   result.generation = {
-    prompt: settings.prompt,
-    negative_prompt: settings.negativePrompt,
-    seed: String(settings.seed),
-    steps: Number(settings.steps),
-    scheduler: settings.scheduler,
-    guidance: Number(settings.guidance),
+    ...settings,
     latent_shape: manifest.latent_shape,
     untimed_ms: first.timings.total_ms,
     ...(timed.length ? stats(timed.map((g) => g.timings.total_ms)) : {}),
