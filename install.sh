@@ -20,4 +20,6 @@ pip cmake==4.4.5 scikit-build-core==1.1.2 cython==3.3.1
 
 if [[ "${1:-}" == "--test" ]]; then
   pip -e ".[test]"
+  # Dawn for Node: tests/test_webgpu_node.py runs the GPU benchmark's Node runner without a GPU.
+  (cd bench && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -90,16 +90,17 @@ def run_logged(command: list[str]) -> None:
         raise RuntimeError(f"{Path(command[1]).name} exited with {process.returncode}: " + " | ".join(tail))
 
 
-# --- the shared inputs: model, weights in each build's order, token ids, the plan -------------
+# --- the shared inputs: model, weights in each build's order, the prompt's ids ----------------
 
 
-def prepare(config: Config, carry: Path, work: Path) -> dict:
+def prepare(config: Config, bundle: Path, work: Path) -> dict:
     """The random-weight model from the config's seed (as make_model builds it), each
-    component's weights as a tensor cache in its build's order, the prompt's ids and the plan."""
+    component's weights written into the WebGPU bundle as the tensor cache its build takes (the
+    weights its cache's `param_names` names, in that order; the CUDA build takes the same), the
+    prompt's ids and each component's functions (the bundle's manifest)."""
     from stages.make_model import make_random_model
-    from websd import relax_io, schedulers
+    from websd import relax_io
     from websd.components import load_component
-    from websd.generate import scheduler_config
     from websd.tokenizer import token_ids
     from transformers import CLIPTokenizer
 
@@ -109,25 +110,19 @@ def prepare(config: Config, carry: Path, work: Path) -> dict:
         make_random_model(config.architecture_path, config.model["seed"], model)
         print(f"prepare: random weights from seed {config.model['seed']} in {time.perf_counter() - started:.0f} s", flush=True)
     for name in COMPONENTS:
-        names = relax_io.tensor_cache_param_names(carry / "params" / name)
-        weights = dict(load_component(name, model).named_parameters())
-        relax_io.save_tensor_cache(name, {n: weights[n].numpy() for n in names}, work / "params" / name, shard_cap_mb=512, encode_format="raw")
-    tokenizer = CLIPTokenizer.from_pretrained(model / "tokenizer")
-    plan = schedulers.plan(SCHEDULER, scheduler_config(model), STEPS)
+        cache = bundle / "params" / name
+        weights = {n: p.numpy() for n, p in load_component(name, model).named_parameters()}
+        selected = relax_io.select_weights(weights, relax_io.tensor_cache_param_names(cache))
+        relax_io.save_tensor_cache(name, selected, cache, shard_cap_mb=512, encode_format="raw")
+    manifest = json.loads((bundle / "manifest.json").read_text())
     return {
         "model": str(model),
-        "ids": [token_ids(tokenizer, text).tolist()[0] for text in (NEGATIVE_PROMPT, PROMPT)],
-        "plan": [step.to_json() for step in plan],
+        "prompt_ids": token_ids(CLIPTokenizer.from_pretrained(model / "tokenizer"), PROMPT).tolist(),
+        "functions": {name: manifest["components"][name]["functions"] for name in COMPONENTS},
         "seed": config.model["seed"],
         "height": config.height,
         "width": config.width,
     }
-
-
-def signatures(inputs: dict) -> dict:
-    from websd.components import signature
-
-    return {name: signature(name, Path(inputs["model"]), inputs["height"], inputs["width"]) for name in COMPONENTS}
 
 
 # --- engines: each runs in a child process (python3 gpu_bench.py <engine> ...) ----------------
@@ -143,13 +138,13 @@ def run_torch(mode: str, inputs: dict) -> dict:
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to("cuda")
     pipe.set_progress_bar_config(disable=True)
-    sig = signatures(inputs)
+    unet, decoder = inputs["functions"]["unet"]["main"], inputs["functions"]["vae_decoder"]["main"]
     gen = torch.Generator("cuda").manual_seed(1)
     rand = lambda spec: torch.randn(spec["shape"], generator=gen, device="cuda", dtype=dtype)  # noqa: E731
-    ids = torch.tensor(inputs["ids"][1:], device="cuda")
-    latents, embeddings = rand(sig["unet"]["inputs"][0]), rand(sig["unet"]["inputs"][2])
+    ids = torch.tensor(inputs["prompt_ids"], device="cuda")
+    latents, embeddings = rand(unet["inputs"][0]), rand(unet["inputs"][2])
     timestep = torch.tensor([500.0], device="cuda")
-    decode_in = rand(sig["vae_decoder"]["inputs"][0])
+    decode_in = rand(decoder["inputs"][0])
     sync = torch.cuda.synchronize
     result = {"torch": torch.__version__, "dtype": str(dtype)}
     with torch.no_grad():
@@ -190,68 +185,57 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     started = time.perf_counter()
     components = {name: Component(name, Path(libraries[name]), params / name, "cuda") for name in COMPONENTS}
     result = {"load_s": round(time.perf_counter() - started, 1)}
-    sig = signatures(inputs)
     rng = np.random.default_rng(1)
 
-    def timing(vm, component, spec) -> dict:
-        args = [tvm.runtime.tensor(random_input(rng, s), component.device) for s in spec["inputs"]]
-        if spec is sig["text_encoder"]:
-            args[0] = tvm.runtime.tensor(np.array(inputs["ids"][1:], np.int32), component.device)
+    def timing(vm, component, name) -> dict:
+        """`main`, its inputs on the GPU: the prompt's ids for the text encoder, else random."""
+        args = [
+            tvm.runtime.tensor(np.array(inputs["prompt_ids"], np.int32) if s["dtype"] == "int32" else rng.standard_normal(s["shape"]).astype(s["dtype"]),
+                               component.device)
+            for s in inputs["functions"][name]["main"]["inputs"]
+        ]
         main = vm["main"]
         return median_ms(lambda: main(*args, *component.weights), component.device.sync)
 
     for name in COMPONENTS:
-        result[name] = timing(components[name].vm, components[name], sig[name])
+        result[name] = timing(components[name].vm, components[name], name)
     generator = Generator(Path(inputs["model"]), inputs["height"], inputs["width"], components)
     run = lambda: generator(PROMPT, NEGATIVE_PROMPT, inputs["seed"], STEPS, SCHEDULER, GUIDANCE)  # noqa: E731
     result["generation"] = median_ms(run, lambda: None, runs=1, warmup=1)
     image, _ = run()
     unet = components["unet"]
     result["unet_variants"] = {
-        variant: timing(VirtualMachine(tvm.runtime.load_module(path), unet.device), unet, sig["unet"])
+        variant: timing(VirtualMachine(tvm.runtime.load_module(path), unet.device), unet, "unet")
         for variant, path in unet_variants.items()
     }
     return result, image
 
 
-def random_input(rng, spec: dict) -> np.ndarray:
-    if spec["dtype"] == "int32":
-        return rng.integers(0, 49408, spec["shape"]).astype(np.int32)
-    return rng.standard_normal(spec["shape"]).astype(spec["dtype"])
-
-
-def run_webgpu(robustness: str, node: Path, node_dir: Path, wasm: dict, unet_variants: dict, params: Path, inputs: dict,
-               work: Path, backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
-    """Our WebGPU build in Node: bench/webgpu_node.mjs with a spec. (Without a GPU, Dawn runs on
+def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_variants: dict, inputs: dict, work: Path,
+               backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
+    """The WebGPU bundle in Node: bench/webgpu_node.mjs with a spec. (Without a GPU, Dawn runs on
     backend "opengl" with adapter_options {"featureLevel": "compatibility"}.)"""
-    sig = signatures(inputs)
-    from websd.relax_io import tensor_cache_param_names
-
-    counts = {name: len(tensor_cache_param_names(params / name)) for name in COMPONENTS}
     spec = {
+        "bundle": str(bundle),
         "webgpu_package": str(node_dir / "webgpu"),
-        "tvmjs": str(node_dir / "tvmjs.js"),
         "dawn_options": [f"backend={backend}", *ROBUSTNESS[robustness]],
         "adapter_options": adapter_options or {},
-        "components": {
-            name: {"wasm": wasm[name], "params": str(params / name), "num_params": counts[name], "inputs": sig[name]["inputs"]}
-            for name in COMPONENTS
-        },
-        "unet_variants": {variant: {"wasm": path} for variant, path in unet_variants.items()},
-        "ids": inputs["ids"], "plan": inputs["plan"], "guidance": GUIDANCE, "seed": inputs["seed"],
-        "latent_shape": sig["vae_decoder"]["inputs"][0]["shape"],
+        "generation": {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "seed": inputs["seed"], "steps": STEPS,
+                       "scheduler": SCHEDULER, "guidance": GUIDANCE},
         "runs": RUNS, "warmup": WARMUP, "generation_runs": 1,
+        "unet_variants": {variant: {"wasm": path} for variant, path in unet_variants.items()},
         "out": str(work / f"webgpu-{robustness}.json"), "image_out": str(work / f"webgpu-{robustness}.u8"),
     }
     spec_file = work / f"webgpu-{robustness}.spec.json"
     spec_file.write_text(json.dumps(spec))
     run_logged([str(node), str(ROOT / "bench" / "webgpu_node.mjs"), str(spec_file)])
     raw = json.loads(Path(spec["out"]).read_text())
-    result = {name: timing_of(raw["timings"][name]) for name in COMPONENTS}
+    result = {name: timing_of(raw["timings"][name]["main"]) for name in COMPONENTS}  # the UNet's main: batch 2
     result["generation"] = {"median_ms": raw["generation"].get("median_ms", raw["generation"]["untimed_ms"])}
-    result["unet_variants"] = {v: timing_of(r["timing"]) for v, r in raw["unet_variants"].items()}
-    result.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"])
-    image = np.fromfile(spec["image_out"], np.uint8).reshape(inputs["height"], inputs["width"], 3)
+    result["unet_variants"] = {v: timing_of(r["timings"]["main"]) for v, r in raw["unet_variants"].items()}
+    result.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"],
+                  required_limits=raw["required_limits"], requested_limits=raw["requested_limits"])
+    image = np.fromfile(spec["image_out"], np.uint8).reshape(raw["generation"]["image"]["height"], raw["generation"]["image"]["width"], 3)
     return result, image
 
 
@@ -337,8 +321,8 @@ def run_all(args) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     carry = args.carry
-    inputs = prepare(config, carry, work)
-    params = work / "params"
+    bundle = carry / "dist"  # the WebGPU bundle; its params/ get the weights, which the CUDA build shares
+    inputs = prepare(config, bundle, work)
     rows, images, errors = {}, {}, {}
 
     def attempt(name, run):
@@ -356,14 +340,13 @@ def run_all(args) -> dict:
     libraries = {name: str(carry / "cuda" / f"{name}.so") for name in COMPONENTS}
     variants = {v: str(carry / "cuda" / f"unet-{v}.so") for v in args.unet_variants}
     attempt("tvm-cuda", lambda: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
-                                                    "params": str(params), "cuda_include": args.cuda_include}, work))
-    wasm = {name: str(carry / "webgpu" / f"{name}.wasm") for name in COMPONENTS}
+                                                    "params": str(bundle / "params"), "cuda_include": args.cuda_include}, work))
     wasm_variants = {v: str(carry / "webgpu" / f"unet-{v}.wasm") for v in args.unet_variants}
     for robustness in ROBUSTNESS:
 
         def webgpu(robustness=robustness):
             with PeakMemory() as memory:
-                result, image = run_webgpu(robustness, args.node, args.node_dir, wasm, wasm_variants, params, inputs, work)
+                result, image = run_webgpu(robustness, args.node, args.node_dir, bundle, wasm_variants, inputs, work)
             result["peak_gpu_memory_gib"] = memory.gib
             return result, image
 
@@ -484,9 +467,9 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--carry", type=Path, required=True, help="the packed builds (bench/pack_gpu.sh)")
+    parser.add_argument("--carry", type=Path, required=True, help="the unpacked builds: cuda/, dist/ and webgpu/ (bench/gpu_bench.sh)")
     parser.add_argument("--node", type=Path, required=True, help="the node binary")
-    parser.add_argument("--node-dir", type=Path, required=True, help="holds webgpu/ and tvmjs.js (bench/unpack_node.sh)")
+    parser.add_argument("--node-dir", type=Path, required=True, help="holds webgpu/, the npm package (bench/unpack_node.sh)")
     parser.add_argument("--cuda-include", required=True, help="a folder holding cuda/std/ (libcu++)")
     parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
     parser.add_argument("--work", default="/tmp/websd-bench")

@@ -4,10 +4,12 @@
 #
 #   bash bench/pack_gpu.sh tools               TVM without its compiler library, the cp312 wheels
 #                                              the image lacks, libcu++ headers, the Vulkan loader,
-#                                              node + Dawn + tvmjs (bench/pack_node.sh)
-#   bash bench/pack_gpu.sh build [config]      the config's cuda and webgpu libraries (xz) and
-#                                              each component's tensor-cache.json (names only: the
-#                                              weights are made there from the config's seed)
+#                                              node + Dawn (bench/pack_node.sh)
+#   bash bench/pack_gpu.sh build [config]      the config's cuda libraries (xz) and its WebGPU
+#                                              bundle (`doit config=... dist`'s dist/, dist.tar.xz)
+#                                              without the weights' shards: they are made there
+#                                              from the config's seed, in the order each
+#                                              tensor-cache.json names
 #   bash bench/pack_gpu.sh variant NAME [config]   the current UNet builds again, as unet-NAME,
 #                                              to time beside the others (e.g. before tuning)
 #   bash bench/pack_gpu.sh tvm-runtime DIR     just the runtime-only TVM package, into DIR
@@ -44,11 +46,19 @@ build | variant)
     xz -T0 -9 -c "$build/cuda/unet.so" >"$carry/cuda/unet-$name.so.xz"
     xz -T0 -9 -c "$build/webgpu/unet.wasm" >"$carry/webgpu/unet-$name.wasm.xz"
   else
+    # dist/ is shared by every config: make sure it holds this one's bundle.
+    dist=$(python3 -c "
+import json, sys
+from websd.config import load_config
+from websd.paths import DIST
+config = load_config(sys.argv[1])
+built = json.loads((DIST / 'manifest.json').read_text())['build']['config']
+if built != str(config.path):
+    sys.exit(f'{DIST} holds the bundle of {built}: run doit config={sys.argv[1]} dist')
+print(DIST)" "$config")
+    tar -C "$dist" --exclude='params_shard_*.bin' -cf - . | xz -T0 -9 >"$carry/dist.tar.xz"
     for component in text_encoder unet vae_decoder; do
       xz -T0 -9 -c "$build/cuda/$component.so" >"$carry/cuda/$component.so.xz"
-      xz -T0 -9 -c "$build/webgpu/$component.wasm" >"$carry/webgpu/$component.wasm.xz"
-      mkdir -p "$carry/params/$component"
-      cp "$build/params/$component/tensor-cache.json" "$carry/params/$component/"
     done
   fi
   ;;

@@ -8,6 +8,7 @@
 #   bash bench/tune_on_gpu.sh run [config]    # there, carry bench/.carry-tune-b; $OUT/cuda/ is
 #                                             # the merged database for tuning_db/cuda/
 set -euo pipefail
+source bench/gpu_env.sh
 config=${2:-config/sd-v1-5-random.yaml}
 stash=/root/websd-tune-stash
 option() { python3 -c "import sys, yaml; print(yaml.safe_load(open('$config'))['stages']['tune']['$1'])"; }
@@ -16,17 +17,17 @@ case "${1:-}" in
 pack)
   # The build's legalized module, the compiler library (xz, split in two), and what the
   # runtime-only bench carry already has: the rest of the tvm package and the cp312 wheels.
-  name=$(basename "$config" .yaml)
   component=$(option component)
+  legalized=$(python3 -c "import sys; from websd.config import load_config; from websd.paths import Layout; print(Layout(load_config(sys.argv[1]).build_key).legalized(sys.argv[2]))" "$config" "$component")
   a=bench/.carry-tune-a b=bench/.carry-tune-b
   rm -rf "$a" "$b" && mkdir -p "$a" "$b"
   tvm_lib=$(python3 -c "import tvm, os; print(os.path.join(os.path.dirname(tvm.__file__), 'lib'))")
   xz -T0 --lzma2=preset=9e,dict=256MiB,nice=273 -c "$tvm_lib/libtvm_compiler.so" | split -b 31000000 -d - "$b/libtvm_compiler.so.xz.part-"
   mv "$b/libtvm_compiler.so.xz.part-00" "$a/"
-  xz -9 -c "build/$name/$component/legalized.json" >"$b/legalized.json.xz"
+  xz -9 -c "$legalized" >"$b/legalized.json.xz"
   bash bench/pack_gpu.sh tvm-runtime "$b"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 -d "$b" apache-tvm-ffi==0.1.14.post1
+    --platform manylinux_2_28_x86_64 -d "$b/wheels" apache-tvm-ffi==0.1.14.post1
   du -sh "$a" "$b"
   ;;
 stash)
@@ -34,15 +35,13 @@ stash)
   ;;
 run)
   [ -f "$stash/libtvm_compiler.so.xz.part-00" ] || { echo "no $stash: run 'stash' first, on the same warm machine" >&2; exit 1; }
-  site=/tmp/tune-site && rm -rf "$site" && mkdir -p "$site"
-  tar -xJf bench/.carry-tune-b/tvm-runtime.tar.xz -C "$site"
+  site=/tmp/tune-site && rm -rf "$site"
+  install_python_packages bench/.carry-tune-b "$site"
   cat "$stash"/libtvm_compiler.so.xz.part-* bench/.carry-tune-b/libtvm_compiler.so.xz.part-* | xz -dc >"$site/tvm/lib/libtvm_compiler.so"
-  python3 -m pip install -q --no-index --no-deps --target "$site" bench/.carry-tune-b/*.whl
   xz -dc bench/.carry-tune-b/legalized.json.xz >/tmp/legalized.json
-  # TVM's CUDA runtime needs torch's libcudart; every Python process MetaSchedule starts (the
-  # builders and runners too) loads it and TVM's NVRTC compile callback at start-up.
-  cudart=$(python3 -c "import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))")
-  export LD_LIBRARY_PATH="$(find "$cudart" -name 'libcudart.so*' -printf '%h\n' | head -1):${LD_LIBRARY_PATH:-}"
+  # Every Python process MetaSchedule starts (the builders and runners too) loads TVM's CUDA
+  # runtime (which needs torch's libcudart) and its NVRTC compile callback at start-up.
+  use_torch_cudart
   cat >"$site/sitecustomize.py" <<'EOF'
 import ctypes, os
 import tvm
@@ -53,7 +52,7 @@ EOF
   mkdir -p "$OUT/$target"
   cp tuning_db/"$target"/*.json "$OUT/$target/" 2>/dev/null || true  # merge into what is committed
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/tune-gpu.txt"
-  PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1 python3 -m stages.tune /tmp/legalized.json "$OUT/$target" \
+  python3 -m stages.tune /tmp/legalized.json "$OUT/$target" \
     --target "$target" --kernels "$(option kernels)" --trials "$(option trials)" \
     --minutes "$(option minutes)" 2>&1 | tee "$OUT/tune.log" | grep -v DEBUG
   ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unpacks bench/pack_node.sh's folder ($2, default bench/.carry) into $1 and prints the node path.
-# Then $1/webgpu is the spec's "webgpu_package" and $1/tvmjs.js its "tvmjs":
+# Then $1/webgpu is the spec's "webgpu_package":
 #   NODE=$(bash bench/unpack_node.sh /tmp/node) && "$NODE" bench/webgpu_node.mjs spec.json
 set -euo pipefail
 DEST=${1:?usage: unpack_node.sh DEST [PACKED_DIR]}
@@ -15,6 +15,5 @@ else # python's lzma reads xz too
   python3 -c 'import lzma, sys, tarfile; tarfile.open(fileobj=lzma.open(sys.argv[1])).extractall(sys.argv[2])' "$SRC/webgpu.tar.xz" "$DEST"
 fi
 chmod +x "$DEST/node"
-cp "$SRC/tvmjs.js" "$DEST/tvmjs.js"
-echo "unpack_node.sh: node $("$DEST/node" --version), webgpu_package $DEST/webgpu, tvmjs $DEST/tvmjs.js" >&2
+echo "unpack_node.sh: node $("$DEST/node" --version), webgpu_package $DEST/webgpu" >&2
 echo "$DEST/node"

@@ -30,7 +30,7 @@ from websd.paths import ROOT, Layout, model_folder
 
 LOAD_TIMEOUT_MS = 600_000  # downloads plus compiling every WGSL kernel on SwiftShader
 GENERATE_TIMEOUT_MS = 600_000
-CACHE_SCOPE = "websd"  # web/src/pipeline.js
+CACHE_SCOPE = "websd"  # web/src/browser.js
 
 
 @pytest.fixture(scope="session")
@@ -166,6 +166,11 @@ def reference():
     config = load_config(DEFAULT_CONFIG)
     model = model_folder(Layout(config.build_key).model)
     return lambda scheduler, seed, guidance=7.5: diffusers_image(model, scheduler, seed, config.height, config.width, guidance)
+
+
+def test_requests_no_limits_beyond_the_defaults(default_page: Page) -> None:
+    """The default build fits WebGPU's default limits: the page asks the adapter for nothing more."""
+    assert default_page.page.evaluate("window.websd.pipeline.requestedLimits") == {}
 
 
 def test_weights_progress_complete(default_page: Page) -> None:

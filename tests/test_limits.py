@@ -54,13 +54,6 @@ def test_split_component_matches_pytorch(default_build: Path, tmp_path: Path, co
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_weights_named_by_column_block_are_selected() -> None:
-    table = np.arange(12, dtype=np.float32).reshape(3, 4)
-    chosen = relax_io.select_weights({"t": table, "b": table[0]}, ["t[:, 0:2]", "t[:, 2:4]", "b"])
-    np.testing.assert_array_equal(chosen["t[:, 2:4]"], table[:, 2:4])
-    assert list(chosen) == ["t[:, 0:2]", "t[:, 2:4]", "b"]
-
-
 def test_kernel_limits_are_read_off_the_wgsl() -> None:
     wgsl = """
 @group(0) @binding(0) var<storage, read_write> out : array<f32>;

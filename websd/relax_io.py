@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +54,20 @@ def tensor_cache_param_names(cache_dir: Path) -> list[str]:
     return json.loads((Path(cache_dir) / "tensor-cache.json").read_text())["metadata"]["param_names"]
 
 
-def select_weights(weights: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """The weights a tensor cache names, from a model's own (e.g. a state dict): a name is a
-    PyTorch parameter's, or one with a column block, `name[:, a:b]` (websd.passes.split_weights)."""
-    chosen = {}
+# A weight stored in column blocks (a table wider than a WebGPU binding) is named after its
+# PyTorch parameter with the block's columns: "name[:, start:stop]".
+_COLUMN_BLOCK = re.compile(r"(?P<name>.+)\[:, (?P<start>\d+):(?P<stop>\d+)\]")
+
+
+def select_weights(weights: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The arrays a build takes, by its weight names (a tensor cache's `param_names`), from
+    PyTorch's weights by parameter name: a column block's name selects those columns."""
+    selected = {}
     for name in names:
-        block = re.fullmatch(r"(.+)\[:, (\d+):(\d+)\]", name)
-        chosen[name] = np.ascontiguousarray(weights[block[1]][:, int(block[2]):int(block[3])]) if block else weights[name]
-    return chosen
+        block = _COLUMN_BLOCK.fullmatch(name)
+        source = block["name"] if block else name
+        if source not in weights:
+            raise KeyError(f"the build takes weight {name!r}, but the model has no parameter {source!r}")
+        weight = weights[source]
+        selected[name] = np.ascontiguousarray(weight[:, int(block["start"]) : int(block["stop"])]) if block else weight
+    return selected

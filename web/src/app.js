@@ -1,11 +1,11 @@
-// The page: a form around pipeline.js. Everything here is UI; the model work is in pipeline.js.
+// The page: a form around the pipeline (browser.js, pipeline.js). Everything here is UI.
 // window.websd exposes the API for scripts and tests:
 //   websd.ready     a promise of the loaded pipeline (rejects with the error shown in #error)
 //   websd.pipeline  the loaded pipeline, once ready
 //   websd.loadPipeline, websd.loadManifest
 
 import { checkInputs } from "./inputs.js";
-import { loadManifest, loadPipeline } from "./pipeline.js";
+import { loadManifest, loadPipeline } from "./browser.js";
 
 const $ = (id) => document.getElementById(id);
 const baseUrl = new URL(".", location.href); // index.html sits at the root of dist/
