@@ -1,14 +1,16 @@
 """Fused attention against the unfused chain it replaces, per SD 1.5 attention shape (512x512).
 
-    python3 bench/attention_bench.py build DIR      here: DIR/{fused,unfused}.so (cuda) and
-                                                    DIR/shapes.json
+    python3 bench/attention_bench.py build DIR      here: DIR/{fused,unfused}.so (cuda),
+                                                    DIR/webgpu-{fused,unfused}/ (bundles for
+                                                    bench/webgpu_node.mjs), DIR/shapes.json
     bash bench/attention_bench.sh                   on the GPU machine (device tool), see there
 
 Each shape is one Relax function written as the torch importer writes diffusers' AttnProcessor
 (head reshapes, matmul, scale, [causal mask,] softmax, matmul, head merge), compiled through
 the real stages twice: with FuseAttention (the flash-attention kernel) and without it (dlight's
-schedules for the unfused chain, plus the committed tuning database, as apply_db does). `run`
-checks that both agree and times each (median of 20 calls after 3, device synced).
+schedules for the unfused chain, plus the committed tuning database, as apply_db does), for cuda
+and for webgpu. `run` checks natively that both agree and times each natively and in Node on
+Dawn (median of 20 calls after 3, device synced).
 """
 
 from __future__ import annotations
@@ -71,31 +73,56 @@ def imported_module(table: dict):
     return bb.get()
 
 
-def build(out: Path, target: str = "cuda") -> None:
+def build(out: Path) -> None:
+    """Both variants for cuda (DIR/{variant}.so) and for webgpu (DIR/webgpu-{variant}/: a bundle
+    of one component, `attention`, whose functions are the shapes, for bench/webgpu_node.mjs)."""
     import tvm
 
     from stages import apply_db, memory_plan
+    from stages.build_runtime import runtime_dir
+    from stages.dist import required_limits
     from stages.legalize import passes
     from websd import relax_io
     from websd.passes.attention import fuse_attention
     from websd.paths import ROOT as REPO
+    from websd.paths import TVMJS
     from websd.targets import compile_planned
+    from websd.wasm import export_wasm
 
     out.mkdir(parents=True, exist_ok=True)
     table = shapes()
     (out / "shapes.json").write_text(json.dumps(table, indent=1))
     imported = imported_module(table)
-    database = apply_db.database_files(REPO / "tuning_db", target)
     for variant in ("fused", "unfused"):
         started = time.time()
         steps = [p for p in passes() if variant == "fused" or p is not fuse_attention]
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             relax_io.save_module(tvm.transform.Sequential(steps)(imported), tmp / "legalized.json")
-            apply_db.apply_db(tmp / "legalized.json", target, database, True, tmp / "scheduled.json")
-            memory_plan.memory_plan(tmp / "scheduled.json", tmp / "planned.json", tmp / "memory.json")
-            compile_planned(relax_io.load_module(tmp / "planned.json"), target).export_library(str(out / f"{variant}.so"))
-            (out / f"{variant}-memory.json").write_text((tmp / "memory.json").read_text())
+            for target in ("cuda", "webgpu"):
+                database = apply_db.database_files(REPO / "tuning_db", target)
+                apply_db.apply_db(tmp / "legalized.json", target, database, True, tmp / "scheduled.json")
+                memory_plan.memory_plan(tmp / "scheduled.json", tmp / "planned.json", tmp / "memory.json")
+                executable = compile_planned(relax_io.load_module(tmp / "planned.json"), target)
+                memory = json.loads((tmp / "memory.json").read_text())
+                if target == "cuda":
+                    executable.export_library(str(out / f"{variant}.so"))
+                    (out / f"{variant}-memory.json").write_text(json.dumps(memory))
+                    continue
+                bundle = out / f"webgpu-{variant}"
+                stats = export_wasm(executable, bundle / "attention.wasm", runtime_dir())
+                (bundle / "vendor").mkdir(parents=True, exist_ok=True)
+                (bundle / "vendor" / "tvmjs.js").write_bytes(TVMJS.read_bytes())
+                functions = {
+                    name: {"inputs": [{"shape": [s["batch"], t, s["heads"] * s["head_dim"]], "dtype": "float32"} for t in (s["q_len"], s["kv_len"], s["kv_len"])]}
+                    for name, s in table.items()
+                }
+                manifest = {
+                    "name": f"attention-{variant}",
+                    "components": {"attention": {"wasm": "attention.wasm", "params": "params/", "num_params": 0, "functions": functions}},
+                    "required_limits": required_limits(stats["limits"], memory["largest_bytes"], 0),
+                }
+                (bundle / "manifest.json").write_text(json.dumps(manifest, indent=1))
         print(f"{variant}: built in {time.time() - started:.0f} s")
 
 
@@ -112,7 +139,8 @@ def median_ms(call, sync) -> float:
     return statistics.median(samples)
 
 
-def run(folder: Path, cuda_include: str, out: Path) -> None:
+def run_cuda(folder: Path, table: dict, cuda_include: str) -> tuple[str, dict]:
+    """Each shape's time, fused and unfused, natively, and how far the two outputs differ."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -120,7 +148,6 @@ def run(folder: Path, cuda_include: str, out: Path) -> None:
 
     enable_cuda(cuda_include)
     dev = tvm.cuda()
-    table = json.loads((folder / "shapes.json").read_text())
     vms = {v: VirtualMachine(tvm.runtime.load_module(str(folder / f"{v}.so")), dev) for v in ("fused", "unfused")}
     rng = np.random.default_rng(0)
     rows = {}
@@ -129,20 +156,53 @@ def run(folder: Path, cuda_include: str, out: Path) -> None:
         args = [tvm.runtime.tensor(rng.standard_normal((b, t, h * d), dtype=np.float32), dev) for t in (n, m, m)]
         outputs = {v: vm[name](*args).numpy() for v, vm in vms.items()}
         error = float(np.abs(outputs["fused"] - outputs["unfused"]).max() / np.abs(outputs["unfused"]).max())
-        times = {v: median_ms(lambda vm=vm: vm[name](*args), dev.sync) for v, vm in vms.items()}
-        gflop = 4 * b * h * n * m * d / 1e9
-        rows[name] = {**s, "fused_ms": round(times["fused"], 4), "unfused_ms": round(times["unfused"], 4),
-                      "speedup": round(times["unfused"] / times["fused"], 2), "fused_tflops": round(gflop / times["fused"], 2),
-                      "max_rel_error": error}
+        rows[name] = {f"cuda_{v}_ms": round(median_ms(lambda vm=vm: vm[name](*args), dev.sync), 4) for v, vm in vms.items()}
+        rows[name]["max_rel_error"] = error
         print(name, rows[name], flush=True)
-    result = {"device": tvm.cuda().device_name, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    return dev.device_name, rows
+
+
+def run_webgpu(folder: Path, table: dict, node: Path, node_dir: Path, work: Path) -> dict:
+    """Each shape's time, fused and unfused, in Node on Dawn (bench/webgpu_node.mjs)."""
+    from gpu_bench import run_logged
+
+    rows = {name: {} for name in table}
+    for variant in ("fused", "unfused"):
+        spec = {"bundle": str(folder / f"webgpu-{variant}"), "webgpu_package": str(node_dir / "webgpu"),
+                "dawn_options": ["backend=vulkan"], "runs": RUNS, "warmup": WARMUP,
+                "out": str(work / f"attention-webgpu-{variant}.json"), "image_out": str(work / "unused.u8")}
+        (work / f"attention-webgpu-{variant}.spec.json").write_text(json.dumps(spec))
+        run_logged([str(node), str(ROOT / "bench" / "webgpu_node.mjs"), str(work / f"attention-webgpu-{variant}.spec.json")])
+        raw = json.loads(Path(spec["out"]).read_text())
+        for name in table:
+            rows[name][f"webgpu_{variant}_ms"] = raw["timings"]["attention"][name]["median_ms"]
+        rows[f"requested_limits_{variant}"] = raw["requested_limits"]
+    return rows
+
+
+def run(folder: Path, cuda_include: str, node: Path, node_dir: Path, out: Path) -> None:
+    table = json.loads((folder / "shapes.json").read_text())
+    device, rows = run_cuda(folder, table, cuda_include)
+    webgpu = run_webgpu(folder, table, node, node_dir, out)
+    for name, s in table.items():
+        gflop = 4 * s["batch"] * s["heads"] * s["q_len"] * s["kv_len"] * s["head_dim"] / 1e9
+        rows[name] = {**s, **rows[name], **webgpu[name]}
+        for target in ("cuda", "webgpu"):
+            rows[name][f"{target}_speedup"] = round(rows[name][f"{target}_unfused_ms"] / rows[name][f"{target}_fused_ms"], 2)
+            rows[name][f"{target}_fused_tflops"] = round(gflop / rows[name][f"{target}_fused_ms"], 2)
+    result = {"device": device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": RUNS, "warmup": WARMUP,
+              "webgpu_requested_limits": {v: webgpu[f"requested_limits_{v}"] for v in ("fused", "unfused")}, "rows": rows}
     (out / "attention-bench.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Fused attention vs the unfused chain, native CUDA, {result['device']} ({result['date']})", "",
-             "| shape | B x H | q x kv | d | unfused ms | fused ms | speedup | fused TFLOP/s | max rel. error |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# Fused attention vs the unfused chain it replaced, SD 1.5 at 512x512 ({result['device']}, {result['date']})", "",
+             f"Median of {RUNS} calls after {WARMUP}, in ms; CUDA: our native build; WebGPU: the same graph in Node on Dawn (Vulkan),",
+             "default robustness. The unfused chain is dlight's schedules (and the committed tuning database) for the two",
+             "matmuls and the softmax, as apply_db gives them; the fused kernel is websd/kernels/attention.py.", "",
+             "| shape | B x H | q x kv | d | CUDA unfused | CUDA fused | speedup | WebGPU unfused | WebGPU fused | speedup | fused TFLOP/s CUDA / WebGPU | max rel. error |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['batch']} x {r['heads']} | {r['q_len']} x {r['kv_len']} | {r['head_dim']} | {r['unfused_ms']} | "
-                     f"{r['fused_ms']} | {r['speedup']} | {r['fused_tflops']} | {r['max_rel_error']:.1e} |")
+        lines.append(f"| {name} | {r['batch']} x {r['heads']} | {r['q_len']} x {r['kv_len']} | {r['head_dim']} | {r['cuda_unfused_ms']} | "
+                     f"{r['cuda_fused_ms']} | {r['cuda_speedup']} | {r['webgpu_unfused_ms']} | {r['webgpu_fused_ms']} | {r['webgpu_speedup']} | "
+                     f"{r['cuda_fused_tflops']} / {r['webgpu_fused_tflops']} | {r['max_rel_error']:.1e} |")
     (out / "attention-bench.md").write_text("\n".join(lines) + "\n")
 
 
@@ -154,13 +214,15 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--cuda-include", required=True)
+    r.add_argument("--node", type=Path, required=True)
+    r.add_argument("--node-dir", type=Path, required=True, help="bench/unpack_node.sh's folder")
     r.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        run(args.folder, args.cuda_include, args.out)
+        run(args.folder, args.cuda_include, args.node, args.node_dir, args.out)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,10 @@ def prepare(config: Config, bundle: Path, work: Path) -> dict:
         "model": str(model),
         "prompt_ids": token_ids(CLIPTokenizer.from_pretrained(model / "tokenizer"), PROMPT).tolist(),
         "functions": {name: manifest["components"][name]["functions"] for name in COMPONENTS},
+        "memory_plan_mib": {
+            name: {"weights": round(c["weight_bytes"] / 2**20, 1), "activations": {f: round(b / 2**20, 1) for f, b in c["activation_bytes"].items()}}
+            for name, c in manifest["components"].items()
+        },
         "seed": config.model["seed"],
         "height": config.height,
         "width": config.width,
@@ -179,7 +183,7 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     from tvm.runtime.vm import VirtualMachine
 
     from websd.generate import Generator
-    from websd.runtime import Component
+    from websd.runtime import Component, release_activations
 
     enable_cuda(cuda_include)
     started = time.perf_counter()
@@ -195,7 +199,9 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
             for s in inputs["functions"][name]["main"]["inputs"]
         ]
         main = vm["main"]
-        return median_ms(lambda: main(*args, *component.weights), component.device.sync)
+        timed = median_ms(lambda: main(*args, *component.weights), component.device.sync)
+        release_activations()  # as a generation does between its parts: the peak is a generation's
+        return timed
 
     for name in COMPONENTS:
         result[name] = timing(components[name].vm, components[name], name)
@@ -293,6 +299,7 @@ def enable_cuda(cuda_include: str) -> None:
 # --- the run: every engine in turn, then the report ------------------------------------------
 
 GFLOP_PER_STEP = 1606.5  # batch-2 SD 1.5 UNet forward at 64x64 latents (../shared FINDINGS.md)
+MEMORY_TARGET_GIB = 5.0  # issue 9: peak GPU memory of a whole SD 1.5 fp32 generation, weights 3.97 GiB
 
 
 def child(engine: str, args: dict, work: Path) -> tuple[dict, np.ndarray]:
@@ -386,6 +393,9 @@ def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
                   "guidance": GUIDANCE, "seed": inputs["seed"], "prompt": PROMPT, "runs": RUNS, "warmup": WARMUP,
                   "gflop_per_unet_step": GFLOP_PER_STEP},
         "fp32_peak_tflops": peak,
+        "memory_target_gib": MEMORY_TARGET_GIB,
+        # The bundle's static memory plan: weights and activations of each component's functions.
+        "memory_plan_mib": inputs["memory_plan_mib"],
         "rows": rows,
         "unet_step_ratios": ratios,
         "errors": errors,
@@ -427,6 +437,20 @@ def markdown(results: dict) -> str:
             f"| {r['text_encoder']['median_ms']:.2f} | {r['vae_decoder']['median_ms']:.1f} | {r['generation']['median_ms']:.0f} "
             f"| {r['peak_gpu_memory_gib']} | {r.get('max_pixel_diff_vs_pytorch_fp32', '')} |"
         )
+    lines += ["", f"Peak GPU memory of the whole generation (NVML, the process's and the card's), against the "
+              f"{results['memory_target_gib']} GiB target:", ""]
+    for name, label in ROW_LABELS.items():
+        if name in rows and "peak_gpu_memory_gib" in rows[name]:
+            peak_gib = rows[name]["peak_gpu_memory_gib"]
+            lines.append(f"- {label}: {peak_gib} GiB, target {'met' if peak_gib <= results['memory_target_gib'] else 'not met'}")
+    lines += ["", "The static memory plan (MiB): weights, and activations per function:", ""]
+    for component, plan in results["memory_plan_mib"].items():
+        lines.append(f"- {component}: weights {plan['weights']}, activations " + ", ".join(f"{f} {mib}" for f, mib in plan["activations"].items()))
+    webgpu_rows = [name for name in ROW_LABELS if name.startswith("webgpu") and name in rows]
+    if webgpu_rows:
+        lines += ["", "WebGPU limits the build requires (manifest) and that the bench requested of the adapter:", ""]
+        lines += [f"- {ROW_LABELS[name]}: required {rows[name]['required_limits']}; requested {rows[name]['requested_limits'] or 'nothing (the defaults)'}"
+                  for name in webgpu_rows]
     lines += ["", "UNet step ratios (lower is faster for the first):", ""]
     lines += [f"- {pair}: {ratio}" for pair, ratio in results["unet_step_ratios"].items()]
     tuned = [(n, r) for n, r in rows.items() if r.get("unet_variants")]

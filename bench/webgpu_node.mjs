@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // Runs and times a websd bundle (dist/: manifest.json, schedulers.json, the .wasm files,
 // params/, tokenizer/, vendor/tvmjs.js) with the page's own pipeline (web/src/pipeline.js) in
-// Node, on Dawn from the npm package `webgpu` (pinned in bench/package.json):
+// Node, on Dawn from the npm package `webgpu` (pinned in bench/package.json). A bundle of other
+// kernels (a manifest whose components cannot generate, e.g. bench/attention_bench.py's) gets
+// its functions timed and nothing else:
 //
 //   node bench/webgpu_node.mjs spec.json
 //
@@ -139,6 +141,7 @@ function loadTvmjs(file) {
  */
 function weightsFromDisk(bundle, reads) {
   return async (tvm, dev, name, spec) => {
+    if (spec.num_params === 0) return [];
     const folder = path.join(bundle, spec.params);
     const cache = readJson(path.join(folder, "tensor-cache.json"), `${name}'s tensor cache`);
     const read = { weights_read_ms: 0, weight_bytes: 0 };
@@ -250,6 +253,7 @@ async function timeFunctions(component, gpu, run, promptIds, label) {
         if (i >= run.warmup) samples.push(ms);
       }
       gpu.check(`${label}.${entry}: timing`);
+      component.release(); // as a generation does between its parts: the peak is a generation's
       timings[entry] = { inputs: signature.inputs, warmup: run.warmup, runs: run.runs, ...stats(samples) };
       log(`${label}.${entry}: median ${timings[entry].median_ms} ms (min ${timings[entry].min_ms}, max ${timings[entry].max_ms}) over ${run.runs} runs`);
     } finally {
@@ -295,7 +299,8 @@ async function main() {
   const { create, globals } = await import(pathToFileURL(path.join(run.webgpu_package, "index.js")).href);
   Object.assign(globalThis, globals); // GPUBufferUsage, GPUMapMode, GPUShaderStage... for tvmjs
   const tvmjs = loadTvmjs(tvmjsFile);
-  const tokenizer = await loadTokenizer(pathToFileURL(path.join(run.bundle, "tokenizer") + "/"));
+  const tokenizer = manifest.components.text_encoder === undefined ? null
+    : await loadTokenizer(pathToFileURL(path.join(run.bundle, "tokenizer") + "/"));
   const dawn = create(run.dawn_options);
   const gpu = await deviceFor(dawn, run, manifest);
   Object.assign(result, deviceReport(gpu));
@@ -316,7 +321,6 @@ async function main() {
     log: (text) => log(text),
   });
   gpu.check("loading the pipeline");
-  if (!pipeline.canGenerate) throw new BenchError(`the bundle ${run.bundle} holds only ${pipeline.components.join(", ")}`);
   result.load = {};
   for (const name of pipeline.components) {
     const spec = manifest.components[name];
@@ -326,11 +330,17 @@ async function main() {
 
   const settings = { ...manifest.defaults, ...run.generation }; // named as in the manifest
   const generation = { ...settings, negativePrompt: settings.negative_prompt }; // as pipeline.generate names them
-  const promptIds = tokenizer.encode(settings.prompt);
+  const promptIds = tokenizer?.encode(settings.prompt);
 
   result.timings = {};
   for (const name of pipeline.components) {
     result.timings[name] = await timeFunctions(pipeline.component(name), gpu, run, promptIds, name);
+  }
+  if (!pipeline.canGenerate) {
+    fs.mkdirSync(path.dirname(run.out), { recursive: true });
+    fs.writeFileSync(run.out, JSON.stringify(result, null, 1) + "\n");
+    console.log(`webgpu_node: ${pipeline.components.join(", ")} timed -> ${run.out}`);
+    return;
   }
 
   // The whole generation: one untimed, then generation_runs timed.

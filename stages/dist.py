@@ -54,15 +54,17 @@ def manifest(config: Config, layout: Layout, components: list[str], max_steps: d
     for component in components:
         records = json.loads((layout.tensor_cache(component) / "tensor-cache.json").read_text())["records"]
         tensors = [t for shard in records for t in shard["records"]]
+        memory = json.loads(layout.memory_report(component, "webgpu").read_text())
         needs.append(required_limits(
-            json.loads(layout.wasm_stats(component).read_text())["limits"],
-            json.loads(layout.memory_report(component, "webgpu").read_text())["largest_bytes"],
-            max(t["nbytes"] for t in tensors),
+            json.loads(layout.wasm_stats(component).read_text())["limits"], memory["largest_bytes"], max(t["nbytes"] for t in tensors)
         ))
         entries[component] = {
             "wasm": f"{component}.wasm",
             "params": f"params/{component}/",
             "num_params": len(tensors),
+            "weight_bytes": sum(t["nbytes"] for t in tensors),
+            # What a call allocates beside the weights (the static memory plan), per function.
+            "activation_bytes": {name: f["after_bytes"] for name, f in memory["functions"].items()},
             "functions": {entry: signature(component, model, config.height, config.width, entry) for entry in ENTRIES[component]},
         }
     return {

@@ -137,7 +137,12 @@ export async function loadComponent({ tvmjs, device, name, spec, wasm, loadWeigh
     }
   };
   const functions = Object.fromEntries(Object.keys(spec.functions).map((entry) => [entry, call(entry)]));
-  return { name, spec, tvm, dev, vm, weights, report, toDevice, invoke, functions };
+  // The VM keeps a call's activation buffers pooled for the next call; each component's static
+  // plan is a few large buffers of its own sizes. Released between the parts of a generation,
+  // at most one component's activations are held at a time (the weights stay).
+  const clearPool = tvm.getGlobalFunc("vm.builtin.memory_manager.clear");
+  const release = () => clearPool();
+  return { name, spec, tvm, dev, vm, weights, report, toDevice, invoke, functions, release };
 }
 
 /** RGBA bytes of the VAE's image ([1, 3, H, W] in [0, 1], planar), for a canvas. */
@@ -217,12 +222,15 @@ export async function createPipeline({ manifest, gpu, tvmjs, tokenizer, readFile
         return guide(noise.subarray(0, x.length), noise.subarray(x.length), guidance);
       };
     }
+    loaded.text_encoder.release();
     t = now();
     const final = await denoise({ plan, latents, predictNoise, onStep: o.onStep });
     timings.scheduler_ms = now() - t - timings.unet_ms;
+    loaded.unet.release(); // before the VAE decoder makes its own
 
     t = now();
     const image = await run.vae_decoder.main(final); // [1, 3, H, W] in [0, 1]
+    loaded.vae_decoder.release();
     const { height, width } = manifest.image;
     const pixels = toPixels(image, width, height);
     timings.vae_decoder_ms = now() - t;
