@@ -154,6 +154,9 @@ function weightsFromDisk(bundle, reads) {
         if (record.format !== "raw") throw new BenchError(`${name}: weight ${record.name} has format ${record.format}; only "raw" is supported`);
         const bytes = new Uint8Array(data.buffer, data.byteOffset + record.byteOffset, record.nbytes);
         byName.set(record.name, tvm.empty(record.shape, record.dtype, dev).copyFromRawBytes(bytes));
+        // As tvmjs's fetchTensorCache (the page's loader): each upload's staging memory is
+        // freed before the next, not all of the weights' at once.
+        await dev.sync();
         read.weight_bytes += record.nbytes;
       }
     }

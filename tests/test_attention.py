@@ -350,7 +350,7 @@ def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
 
 
 def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
-    """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: no register spills."""
+    """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: (almost) no register spills."""
     source = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
     assert source.count("__global__") == 2 * len(sd15)  # declaration + definition
     if shutil.which("nvcc") is None:
@@ -363,4 +363,7 @@ def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     usage = result.stdout + result.stderr
     assert usage.count("Compiling entry function") == len(sd15)
-    assert re.findall(r"(\d+) bytes spill stores", usage) == ["0"] * len(sd15), usage
+    # At most one register's worth: head_dim 160's tiles spill 8 bytes and were still the fastest
+    # measured (websd/kernels/attention.py's TILES).
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", usage)]
+    assert len(spills) == len(sd15) and max(spills) <= 8, usage

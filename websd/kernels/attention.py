@@ -239,11 +239,15 @@ class TileConfig:
             raise ValueError(f"tile config {self} for head_dim {head_dim}: " + "; ".join(problems))
 
 
-# Per head_dim, the SD 1.x shapes (not measured on a GPU yet; the reasoning):
+# Per head_dim, the SD 1.x shapes (bench/results/attention.md has them measured on an H200):
 # - 40 (UNet at 4096 tokens, most of the attention work): 32 queries x 32 keys, 64 threads with
 #   4x4 tiles of S and 4x5 of O, Q resident: 15.1 KiB, so up to 15 workgroups per H100 SM.
 # - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim.
-# - 160 (256 and 64 tokens): 128 threads (2x4 tiles of S, 4x10 of O) to keep O's registers low.
+# - 160 (256 and 64 tokens): few queries, so 16 per workgroup for twice the workgroups; 64
+#   threads (2x4 tiles of S, 4x20 of O), V through shared 16 keys at a time. Chosen among 8
+#   configs timed natively on an H200 (bench/results/attention.md): the first choice, 32 queries
+#   and 128 threads, lost to the unfused chain at 256 tokens (0.071 vs 0.084 ms at batch 2 was a
+#   win, 0.066 vs 0.066 at batch 1 was not); this one takes 0.062 and 0.052 ms there.
 # - 512 (VAE, one head, 4096 tokens): 16 queries per workgroup (256 workgroups), 64 keys per tile,
 #   each thread owns 16 query rows x 4 columns of O (64 registers) so a P value read serves 4
 #   multiply-adds and a V value 16; V through shared 4 keys (8 KiB) at a time.
@@ -251,7 +255,7 @@ TILES: dict[int, TileConfig] = {
     40: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=32, THREADS=64),
     64: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=32, TQO=4, BKV=16, THREADS=64),
     80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
-    160: TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=8, THREADS=128),
+    160: TileConfig(BQ=16, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
     512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=32, TQO=16, BKV=4, THREADS=128),
 }
 
