@@ -99,7 +99,7 @@ def test_failed_measurements_are_reported_and_never_stored(tuned) -> None:
     assert all(record[1][1] != [1e10] for record in records(database / "llvm"))
 
 
-def test_a_killed_run_keeps_the_batches_it_measured(tuned) -> None:
+def test_a_killed_run_keeps_the_batches_it_measured(tuned, tmp_path) -> None:
     """Each batch is merged as soon as it is measured, file by file atomically: a run killed
     during its second batch leaves a valid database holding the first batch's best."""
     from tvm.s_tir.meta_schedule.database import JSONDatabase
@@ -108,8 +108,10 @@ def test_a_killed_run_keeps_the_batches_it_measured(tuned) -> None:
     before = len(records(database / "llvm"))
     write_config(config, {"stages": {"tune": {"strategy": "replay-trace", "trials": 8, "batch": 4, "timeout_s": 300}}},
                  base=config)
+    # TMPDIR: the killed run's work folders go where pytest cleans up.
     run = subprocess.Popen([sys.executable, "-m", "doit", f"config={config}", "tune"], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                           env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_until(lambda: len(records(database / "llvm")) > before, 600, "record of the first batch")
     finally:
