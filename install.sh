@@ -10,7 +10,7 @@ apt-get update -qq
 apt-get install -y -qq emscripten=3.1.6~dfsg-5 chromium >/dev/null
 
 pip() { python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
-pip -e .  # exact pins in pyproject.toml; torch==2.13.0 is the CPU build
+pip -e ".[tune]"  # exact pins in pyproject.toml; torch==2.13.0 is the CPU build
 # Only for the CLIP BPE file it ships; its own dependencies (torchvision) are not needed.
 pip --no-deps clip-anytorch==2.6.0
 # pip reads the tilelang sdist's metadata without build isolation (the web runtime's missing

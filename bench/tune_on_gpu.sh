@@ -7,27 +7,33 @@
 #   bash bench/tune_on_gpu.sh stash           # there, carry bench/.carry-tune-a
 #   bash bench/tune_on_gpu.sh run [config]    # there, carry bench/.carry-tune-b; $OUT/cuda/ is
 #                                             # the merged database for tuning_db/cuda/
+#
+# With a `tracker` in the config's stages.tune, `run` first starts that tracker (at its port)
+# and one RPC server per GPU of the machine (`python3 -m stages.tune serve`), and measures there.
 set -euo pipefail
 source bench/gpu_env.sh
 config=${2:-config/sd-v1-5-random.yaml}
 stash=/root/websd-tune-stash
-option() { python3 -c "import sys, yaml; print(yaml.safe_load(open('$config'))['stages']['tune']['$1'])"; }
+# A stages.tune option of the config: a list space-separated, nothing for one it leaves out.
+option() { python3 -c "import yaml; v = yaml.safe_load(open('$config'))['stages']['tune'].get('$1', ''); print(' '.join(v) if isinstance(v, list) else v)"; }
 
 case "${1:-}" in
 pack)
-  # The build's legalized module, the compiler library (xz, split in two), and what the
-  # runtime-only bench carry already has: the rest of the tvm package and the cp312 wheels.
-  component=$(option component)
-  legalized=$(python3 -c "import sys; from websd.config import load_config; from websd.paths import Layout; print(Layout(load_config(sys.argv[1]).build_key).legalized(sys.argv[2]))" "$config" "$component")
+  # The build's legalized modules, the compiler library (xz, split in two), and what the
+  # runtime-only bench carry already has: the rest of the tvm package and the cp312 wheels
+  # (and tornado, which TVM's RPC tracker needs).
+  build=$(python3 -c "import sys; from websd.config import load_config; from websd.paths import Layout; print(Layout(load_config(sys.argv[1]).build_key).root)" "$config")
   a=bench/.carry-tune-a b=bench/.carry-tune-b
   rm -rf "$a" "$b" && mkdir -p "$a" "$b"
   tvm_lib=$(python3 -c "import tvm, os; print(os.path.join(os.path.dirname(tvm.__file__), 'lib'))")
   xz -T0 --lzma2=preset=9e,dict=256MiB,nice=273 -c "$tvm_lib/libtvm_compiler.so" | split -b 31000000 -d - "$b/libtvm_compiler.so.xz.part-"
   mv "$b/libtvm_compiler.so.xz.part-00" "$a/"
-  xz -9 -c "$legalized" >"$b/legalized.json.xz"
+  for component in $(option components); do
+    xz -9 -c "$build/$component/legalized.json" >"$b/legalized-$component.json.xz"
+  done
   bash bench/pack_gpu.sh tvm-runtime "$b"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 -d "$b/wheels" apache-tvm-ffi==0.1.14.post1
+    --platform manylinux_2_28_x86_64 -d "$b/wheels" apache-tvm-ffi==0.1.14.post1 tornado==6.6.1
   du -sh "$a" "$b"
   ;;
 stash)
@@ -38,7 +44,11 @@ run)
   site=/tmp/tune-site && rm -rf "$site"
   install_python_packages bench/.carry-tune-b "$site"
   cat "$stash"/libtvm_compiler.so.xz.part-* bench/.carry-tune-b/libtvm_compiler.so.xz.part-* | xz -dc >"$site/tvm/lib/libtvm_compiler.so"
-  xz -dc bench/.carry-tune-b/legalized.json.xz >/tmp/legalized.json
+  modules=()
+  for component in $(option components); do
+    xz -dc "bench/.carry-tune-b/legalized-$component.json.xz" >"/tmp/legalized-$component.json"
+    modules+=("/tmp/legalized-$component.json")
+  done
   # Every Python process MetaSchedule starts (the builders and runners too) loads TVM's CUDA
   # runtime (which needs torch's libcudart) and its NVRTC compile callback at start-up.
   use_torch_cudart
@@ -52,9 +62,25 @@ EOF
   mkdir -p "$OUT/$target"
   cp tuning_db/"$target"/*.json "$OUT/$target/" 2>/dev/null || true  # merge into what is committed
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/tune-gpu.txt"
-  python3 -m stages.tune /tmp/legalized.json "$OUT/$target" \
-    --target "$target" --kernels "$(option kernels)" --trials "$(option trials)" \
-    --minutes "$(option minutes)" 2>&1 | tee "$OUT/tune.log" | grep -v DEBUG
+  flags=()
+  for name in strategy trials batch kernels minutes timeout_s tracker key; do
+    value=$(option "$name")
+    if [ -n "$value" ]; then flags+=("--${name//_/-}" "$value"); fi
+  done
+  tracker=$(option tracker) key=$(option key)
+  export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+  if [ -n "$tracker" ]; then
+    python3 -m stages.tune serve --gpus "$(nvidia-smi -L | wc -l)" --key "$key" --port "${tracker##*:}" \
+      --logs "$OUT/rpc" >"$OUT/serve.log" 2>&1 &
+    serve=$!
+    trap 'kill $serve 2>/dev/null && wait $serve' EXIT  # serve stops the tracker and its servers
+    until grep -q "registered at the tracker" "$OUT/serve.log"; do
+      kill -0 $serve 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }
+      sleep 1
+    done
+  fi
+  python3 -m stages.tune tune "$OUT/$target" "${modules[@]}" --target "$target" "${flags[@]}" 2>&1 \
+    | tee "$OUT/tune.log" | grep -v DEBUG
   ;;
 *)
   echo "usage: $0 pack|stash|run [config]" >&2

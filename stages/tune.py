@@ -1,15 +1,19 @@
-"""Stage tune: MetaSchedule for one component's heaviest kernels, measured where it runs.
+"""Stage tune: MetaSchedule for every kernel of the chosen components, measured where it runs.
 
 Not part of the build: `doit tune` runs on a machine with the tuning target's hardware (for
-cuda, an NVIDIA GPU; `bench/tune_on_gpu.sh` runs this module there) and merges the best
+cuda, an NVIDIA GPU; `bench/tune_on_gpu.sh` runs this module there), or measures on TVM RPC
+servers that a tracker hands out (`serve` starts them, one per GPU), and merges the best
 schedule per kernel into `tuning_db/<target>/`, which is committed and which apply_db replays.
-The kernels are the legalized module's, before any target is chosen, so one database serves
+The kernels are the legalized modules', before any target is chosen, so one database serves
 every target that replays it (websd.targets.TUNED_ON: webgpu replays cuda's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,25 +21,30 @@ from typing import TYPE_CHECKING
 
 from websd import relax_io
 from websd.atomic import atomic_path
-from websd.paths import tuning_database
-from websd.targets import tuning_target
+from websd.paths import TUNING_DATABASE_FILES, tuning_database
+from websd.targets import TUNABLE, TUNING_STRATEGIES, tuning_target
 
 if TYPE_CHECKING:  # not at run time: the GPU machine runs this module without the config's deps
     from websd.config import Config
     from websd.paths import Layout
 
 
-def heaviest_kernels(mod, target, count: int) -> list:
-    """The `count` kernels with the most floating-point work in one call of `main`, less the
-    fused attentions (apply_db gives GPU targets a hand-written kernel for them)."""
+def kernels_by_weight(modules: list[Path], target) -> list:
+    """Every kernel of the modules, once each, the most floating-point work per call of its
+    module's `main` first, less the fused attentions (apply_db gives GPU targets a hand-written
+    kernel for them)."""
+    import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
     from websd.kernels.attention import ATTR
 
-    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target) if ATTR not in (t.dispatched[0]["main"].attrs or {})]
-    tasks.sort(key=lambda task: task.weight * estimate_tir_flops(task.dispatched[0]), reverse=True)
-    return tasks[:count]
+    kernels = {}
+    for module in modules:
+        for task in ms.relax_integration.extract_tasks(relax_io.load_module(module), target):
+            if ATTR not in (task.dispatched[0]["main"].attrs or {}):
+                kernels.setdefault(tvm_ffi.structural_hash(task.dispatched[0]), task)
+    return sorted(kernels.values(), key=lambda task: task.weight * estimate_tir_flops(task.dispatched[0]), reverse=True)
 
 
 # MetaSchedule's time for a candidate that failed to build or run (it still records it).
@@ -63,12 +72,28 @@ def best_records(databases: list) -> list:
     return [record for _, record in best.values()]
 
 
-def save_database(records: list, folder: Path) -> None:
-    from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord
+def tuned_kernels(databases: list) -> set[int]:
+    """The structural hashes of the kernels that have a measured record (a workload alone is
+    not a tuned kernel: save_database keeps the rows of kernels whose records it dropped)."""
+    import tvm_ffi
 
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        database = JSONDatabase(work_dir=str(tmp))
+    return {tvm_ffi.structural_hash(record.workload.mod) for record in best_records(databases)}
+
+
+def save_database(records: list, folder: Path) -> None:
+    """Make `records` the database in `folder`, so that a run killed at any moment leaves a
+    valid one: each file is replaced atomically, the workload table first, and it keeps every
+    row it had (records point at rows by number), so the old records still match it until the
+    new ones replace them."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord, Workload
+
+    workloads_file, records_file = (Path(folder) / name for name in TUNING_DATABASE_FILES)
+    rows = workloads_file.read_text().splitlines() if workloads_file.is_file() else []
+    # The workload table is renamed into place first: the inner context closes first.
+    with atomic_path(records_file) as new_records, atomic_path(workloads_file) as new_workloads:
+        database = JSONDatabase(str(new_workloads), str(new_records))
+        for row in rows:
+            database.commit_workload(Workload.from_json(json.loads(row)).mod)
         for record in records:
             workload = database.commit_workload(record.workload.mod)
             database.commit_tuning_record(
@@ -81,7 +106,6 @@ def cuda_present() -> bool:
     (MetaSchedule's worker processes need it too: bench/tune_on_gpu.sh loads it in every
     Python process it starts.)"""
     import ctypes
-    import os
 
     import tvm
 
@@ -112,61 +136,163 @@ def failure_log():
     return FailureLog()
 
 
-def tune(module_in: Path, target: str, kernels: int, trials: int, minutes: float, timeout_s: float, database: Path) -> None:
-    """Tune the heaviest `kernels` not yet in `database`, one after another, `trials` candidates
-    each, starting no new kernel after `minutes`; merge the best of each into `database`.
-    A candidate gets `timeout_s` to build and as long to run; failures are reported, a kernel
-    none of whose candidates could be measured is tried once more, and no failure is stored."""
-    import os
+def merge_each_batch(folder: Path, committed: list, results):
+    """A measure callback that merges the best records so far into the database in `folder`
+    after every batch, so that a run killed or stopped loses at most the batch in flight.
+    It runs after MetaSchedule's own callbacks, which put the batch into `results`."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+    @derived_object
+    class MergeEachBatch(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            save_database(best_records([*committed, results]), folder)
+
+    return MergeEachBatch()
+
+
+def until(deadline: float, strategy):
+    """`strategy`, proposing no more batches once time.monotonic() passes `deadline`: the task
+    scheduler then ends the kernel. (It has no deadline of its own, and a measure callback
+    cannot stop it.)"""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+    @derived_object
+    class UntilDeadline(PySearchStrategy):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def _initialize_with_tune_context(self, context):
+            self.inner._initialize_with_tune_context(context)
+
+        def pre_tuning(self, *args):
+            self.inner.pre_tuning(*args)
+
+        def post_tuning(self):
+            self.inner.post_tuning()
+
+        def generate_measure_candidates(self):
+            return None if time.monotonic() > deadline else self.inner.generate_measure_candidates()
+
+        def notify_runner_results(self, measure_candidates, results):
+            self.inner.notify_runner_results(measure_candidates, results)
+
+        def clone(self):
+            return UntilDeadline(self.inner.clone())
+
+    return UntilDeadline(strategy)
+
+
+def cost_model(strategy: str):
+    """XGBoost's where the evolutionary search can have it (the `tune` extra), else random
+    predictions (the evolutionary search then still breeds from the best measured)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if strategy == "replay-trace":
+        print("tune: replay-trace: random samples of the design space, no cost model")
+        return ms.cost_model.CostModel.create("random")
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        print("tune: evolutionary search, random cost model (xgboost is not installed)")
+        return ms.cost_model.CostModel.create("random")
+    print("tune: evolutionary search, XGBoost cost model")
+    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count())
+
+
+def evaluator_config():
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=0)
+
+
+def rpc_config(tracker: str, key: str, timeout_s: float):
+    """MetaSchedule's RPC settings for the servers registered under `key` with the tracker at
+    `tracker` (host:port); `timeout_s` bounds reaching the tracker and each session."""
+    from tvm.s_tir import meta_schedule as ms
+
+    host, port = tracker.rsplit(":", 1)
+    return ms.runner.RPCConfig(
+        tracker_host=host, tracker_port=int(port), tracker_key=key, session_timeout_sec=math.ceil(timeout_s)
+    )
+
+
+def runner(options: dict):
+    """Where candidates run: this machine, or (with a tracker) the RPC servers it holds, as
+    many candidates at once as there are servers."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not options.get("tracker"):
+        return ms.runner.LocalRunner(timeout_sec=options["timeout_s"], evaluator_config=evaluator_config())
+    config = rpc_config(options["tracker"], options["key"], options["timeout_s"])
+    try:
+        servers = config.count_num_servers(allow_missing=False)
+    except ValueError as error:  # no tracker there, or no server with the key
+        raise SystemExit(f"tune: {error}\n(`python3 -m stages.tune serve` starts a tracker and servers)") from None
+    print(f"tune: measuring on {servers} RPC server(s) with key {options['key']!r} at {options['tracker']}")
+    return ms.runner.RPCRunner(config, evaluator_config(), max_workers=servers)
+
+
+def tune(modules: list[Path], database: Path, options: dict) -> None:
+    """Tune the kernels of `modules` that `database` lacks, heaviest first, at most
+    options["kernels"] of them (all without it): `trials` candidates each, measured `batch` at
+    a time, starting no batch after `minutes`; merge the best of each into `database` after
+    every batch. A candidate gets `timeout_s` to build and as long to run; failures are
+    reported, a kernel none of whose candidates could be measured is tried once more, and no
+    failure is stored. `options` are the config's `stages.tune`."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
-    if target == "cuda" and not cuda_present():
+    target = options["target"]
+    if target == "cuda" and not options.get("tracker") and not cuda_present():
         raise SystemExit("tune: target cuda measures on an NVIDIA GPU and this machine has none "
-                         "(bench/tune_on_gpu.sh runs it on the device machine)")
-    committed = JSONDatabase(work_dir=str(database)) if tuning_database(database) else None
-    tvm_target = tuning_target(target, num_cores=os.cpu_count())
-    tasks = heaviest_kernels(relax_io.load_module(module_in), tvm_target, kernels)
-    todo = [t for t in tasks if committed is None or not committed.has_workload(t.dispatched[0])]
-    print(f"tune: {target}: {len(tasks) - len(todo)} of the {len(tasks)} heaviest kernels already tuned")
-    end = time.monotonic() + 60 * minutes
+                         "(bench/tune_on_gpu.sh runs it on the device machine; a tracker option measures elsewhere)")
+    committed = [JSONDatabase(work_dir=str(database))] if tuning_database(database) else []
+    tuned = tuned_kernels(committed)
+    kernels = kernels_by_weight(modules, tuning_target(target, num_cores=os.cpu_count()))
+    left = [task for task in kernels if tvm_ffi.structural_hash(task.dispatched[0]) not in tuned]
+    todo = left[: options.get("kernels")]
+    print(f"tune: {target}: {len(kernels) - len(left)} of {len(kernels)} kernels already tuned; "
+          f"this run tunes up to {len(todo)}")
+    search_cost_model = cost_model(options["strategy"])
+    # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
+    # can take longer than MetaSchedule's default 30 s.
+    builder = ms.builder.LocalBuilder(timeout_sec=options["timeout_s"])
+    measure = runner(options)
+    end = time.monotonic() + 60 * options["minutes"]
     with tempfile.TemporaryDirectory(prefix="websd-tune-") as work_dir:
         results = JSONDatabase(work_dir=work_dir)
-        # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
-        # can take longer than MetaSchedule's default 30 s.
-        builder = ms.builder.LocalBuilder(timeout_sec=timeout_s)
-        runner = ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=0))
         failures = failure_log()
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures]
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures,
+                     merge_each_batch(database, committed, results)]
         for done, task in enumerate(todo):
             if time.monotonic() > end:
-                print(f"tune: {minutes} min spent; {len(todo) - done} kernels left for the next run")
                 break
             print(f"tune: {task.task_name} ({done + 1}/{len(todo)})", flush=True)
             key = tvm_ffi.structural_hash(task.dispatched[0])
             for attempt in (1, 2):
                 failures.errors.clear()
-                # One batch of random samples of MetaSchedule's design space: with tens of trials
-                # per kernel there is nothing for a cost model to learn from.
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [task], work_dir, strategy="replay-trace", num_threads="logical"
+                    [task], work_dir, strategy=until(end, ms.search_strategy.SearchStrategy.create(options["strategy"])),
+                    num_threads="logical",
                 )
                 ms.tune_tasks(
-                    tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=trials,
-                    num_trials_per_iter=trials, builder=builder, runner=runner, cost_model="random",
-                    database=results, measure_callbacks=callbacks,
+                    tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=options["trials"],
+                    num_trials_per_iter=options["batch"], builder=builder, runner=measure,
+                    cost_model=search_cost_model, database=results, measure_callbacks=callbacks,
                 )
                 if failures.errors:
                     print(f"tune: {task.task_name}: {len(failures.errors)} candidate(s) failed to build or run "
                           f"(not stored), e.g.: {failures.errors[0]}")
-                if any(measured(r) and tvm_ffi.structural_hash(r.workload.mod) == key for r in results.get_all_tuning_records()):
+                if key in tuned_kernels([results]) or time.monotonic() > end:
                     break
                 print(f"tune: {task.task_name}: no candidate could be measured" + ("; trying once more" if attempt == 1 else ""))
-        records = best_records([results, *([committed] if committed else [])])
-    save_database(records, database)
-    print(f"tune: {len(records)} kernels in {database}")
+        tuned = tuned_kernels([*committed, results])
+    untuned = sum(tvm_ffi.structural_hash(task.dispatched[0]) not in tuned for task in kernels)
+    spent = f"{options['minutes']} min spent; " if time.monotonic() > end else ""
+    print(f"tune: {len(tuned)} kernels in {database}; {spent}{untuned} left for the next run")
 
 
 def drop_losing_records(database: Path, module: Path, target: str, profile: Path, tuned: str, default: str) -> None:
@@ -174,8 +300,6 @@ def drop_losing_records(database: Path, module: Path, target: str, profile: Path
     bench/profile_cuda.py's per-kernel time in one step of the `tuned` and the `default` build,
     measured in the same run; `module` the legalized module they were built from (it names the
     kernels). A short search can lose to dlight's schedule."""
-    import json
-
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
@@ -196,14 +320,92 @@ def drop_losing_records(database: Path, module: Path, target: str, profile: Path
     print(f"tune: {len(kept)} kernels kept in {database}")
 
 
+def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: Path | None) -> None:
+    """Run TVM's RPC tracker on `port` (unless `tracker`, host:port, names one already running)
+    and `gpus` RPC servers registered with it under `key`, server i seeing only GPU i
+    (CUDA_VISIBLE_DEVICES), until interrupted or terminated; then stop them all. `host` is the
+    address this machine is reached at: the tracker and the servers bind it, and the tracker
+    hands it out to whoever tunes."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    def start(name: str, module: str, *args: str, **env: str) -> subprocess.Popen:
+        log = open(logs / f"{name}.log", "w") if logs else None  # open while serve runs
+        # A session of its own, so that stop() reaches its worker processes too: TVM's tracker
+        # and servers work in child processes that outlive their parent.
+        return subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(process: subprocess.Popen) -> None:
+        """SIGTERM to its process group, SIGKILL if it has not ended 10 s later."""
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except ProcessLookupError:  # the whole group is gone already
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def ended() -> list[str]:
+        return [name for name, process in processes.items() if process.poll() is not None]
+
+    def registered() -> int | None:
+        """The servers with `key` at the tracker, None while it cannot be reached."""
+        try:
+            return rpc_config(tracker, key, timeout_s=5).count_num_servers()
+        except ValueError:
+            return None
+
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+    see_logs = f" (see {logs})" if logs else ""
+    for ending in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C does: the `finally` stops them
+        signal.signal(ending, lambda *_: sys.exit(0))
+    processes = {}
+    try:
+        before = 0
+        if tracker is None:
+            # Else the tracker fails in its log, and the servers join whatever holds the port.
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the tracker binds
+                try:
+                    probe.bind((host, port))
+                except OSError as error:
+                    raise SystemExit(f"serve: cannot start a tracker at {host}:{port}: {error}") from None
+            tracker = f"{host}:{port}"
+            processes["tracker"] = start("tracker", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+                                         "--port-end", str(port + 1))
+        elif (before := registered()) is None:
+            raise SystemExit(f"serve: no RPC tracker answers at {tracker}")
+        for gpu in range(gpus):
+            processes[f"server-{gpu}"] = start(f"server-{gpu}", "tvm.exec.rpc_server", "--tracker", tracker,
+                                               "--key", key, "--host", host, CUDA_VISIBLE_DEVICES=str(gpu))
+        end = time.monotonic() + 120  # a busy machine needs a while to import TVM in each
+        while (registered() or 0) < before + gpus:
+            if ended() or time.monotonic() > end:
+                raise SystemExit(f"serve: {', '.join(ended()) or 'the servers'} did not come up{see_logs}")
+            time.sleep(0.5)
+        print(f"serve: {gpus} RPC server(s) with key {key!r} registered at the tracker {tracker}", flush=True)
+        while not ended():
+            time.sleep(1)
+        raise SystemExit(f"serve: {', '.join(ended())} ended{see_logs}")
+    finally:
+        for ending in (signal.SIGTERM, signal.SIGHUP):  # stop them once, whatever comes
+            signal.signal(ending, signal.SIG_IGN)
+        for process in processes.values():
+            stop(process)
+
+
 def task(config: Config, layout: Layout) -> dict:
     options = config.stage("tune")
-    database = config.database_path / options["target"]
+    modules = [layout.legalized(component) for component in options["components"]]
     return {
-        "doc": "MetaSchedule on the tuning target's hardware, merged into tuning_db/ (run on purpose: it needs the GPU)",
-        "actions": [(tune, [layout.legalized(options["component"]), options["target"], options["kernels"],
-                            options["trials"], options["minutes"], options["timeout_s"], database])],
-        "file_dep": [str(layout.legalized(options["component"]))],
+        "doc": "MetaSchedule where the tuning target's hardware is, merged into tuning_db/ (run on purpose: it needs the GPU)",
+        "actions": [(tune, [modules, config.database_path / options["target"], options])],
+        "file_dep": [str(module) for module in modules],
         # The database is a committed input of the build, like the config: tuning writes it but
         # does not own it, so no `targets` (doit would otherwise tune whenever apply_db runs).
         "uptodate": [False],
@@ -212,24 +414,54 @@ def task(config: Config, layout: Layout) -> dict:
 
 
 def main() -> None:
-    """`python3 -m stages.tune`: what `doit tune` runs, for a machine that has the GPU and the
-    build's legalized module but not the rest of the build tree; `--drop-losing PROFILE
-    TUNED DEFAULT` instead prunes the database with a per-kernel profile."""
+    """`python3 -m stages.tune`: `tune` is what `doit tune` runs, for a machine that has the
+    GPU and the build's legalized modules but not the rest of the build tree; `drop-losing`
+    prunes the database with a per-kernel profile; `serve` starts TVM's RPC tracker and one
+    RPC server per GPU for `tune --tracker` to measure on."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("module", type=Path, help="a legalized.json")
-    parser.add_argument("database", type=Path, help="the tuning_db/<target> folder to merge into")
-    parser.add_argument("--target", default="cuda")
-    parser.add_argument("--kernels", type=int)
-    parser.add_argument("--trials", type=int)
-    parser.add_argument("--minutes", type=float, help="stop searching after this long")
-    parser.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
-    parser.add_argument("--drop-losing", nargs=3, metavar=("PROFILE", "TUNED", "DEFAULT"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("tune", help="the options are the config's stages.tune")
+    run.add_argument("database", type=Path, help="the tuning_db/<target> folder to merge into")
+    run.add_argument("modules", type=Path, nargs="+", metavar="module", help="a legalized.json per component")
+    run.add_argument("--target", choices=TUNABLE, default="cuda")
+    run.add_argument("--strategy", choices=TUNING_STRATEGIES, default="evolutionary")
+    run.add_argument("--trials", type=int, required=True, help="candidates measured per kernel")
+    run.add_argument("--batch", type=int, required=True, help="candidates measured at a time")
+    run.add_argument("--kernels", type=int, help="tune at most this many kernels (default: all)")
+    run.add_argument("--minutes", type=float, required=True, help="start no batch after this long")
+    run.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
+    run.add_argument("--tracker", help="host:port of the RPC tracker whose servers measure (default: this machine)")
+    run.add_argument("--key", help="the servers' key at the tracker")
+
+    drop = commands.add_parser("drop-losing", help="keep only the records that beat the default schedule")
+    drop.add_argument("database", type=Path, help="the tuning_db/<target> folder to prune")
+    drop.add_argument("module", type=Path, help="the legalized.json both builds were made from")
+    drop.add_argument("profile", type=Path, help="bench/profile_cuda.py's results")
+    drop.add_argument("tuned", help="the profile's name of the tuned build")
+    drop.add_argument("default", help="the profile's name of the build without the database")
+    drop.add_argument("--target", choices=TUNABLE, default="cuda")
+
+    rpc = commands.add_parser("serve", help="TVM's RPC tracker and one RPC server per GPU")
+    rpc.add_argument("--gpus", type=int, required=True, help="servers to start: server i sees only GPU i")
+    rpc.add_argument("--key", default="cuda", help="the servers' key at the tracker (the config's stages.tune.key)")
+    rpc.add_argument("--host", default="127.0.0.1",
+                     help="this machine's address for whoever tunes (default: tuning on this machine)")
+    where = rpc.add_mutually_exclusive_group()
+    where.add_argument("--port", type=int, default=9190, help="start the tracker here, on this port")
+    where.add_argument("--tracker", help="host:port of a tracker already running, to add these servers to")
+    rpc.add_argument("--logs", type=Path, help="a log file per process in this folder (default: this terminal)")
+
     args = parser.parse_args()
-    if args.drop_losing:
-        profile, tuned, default = args.drop_losing
-        drop_losing_records(args.database, args.module, args.target, Path(profile), tuned, default)
+    if args.command == "tune":
+        if (args.tracker is None) != (args.key is None):
+            parser.error("--tracker and --key go together")
+        options = {name: value for name, value in vars(args).items() if value is not None}
+        tune(args.modules, args.database, options)
+    elif args.command == "drop-losing":
+        drop_losing_records(args.database, args.module, args.target, args.profile, args.tuned, args.default)
     else:
-        tune(args.module, args.target, args.kernels, args.trials, args.minutes, args.timeout_s, args.database)
+        serve(args.gpus, args.key, args.host, args.port, args.tracker, args.logs)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,14 @@ def layout_of(config: Path) -> Layout:
     return Layout(load_config(config).build_key)
 
 
-def doit(*args: str, check: bool = True, env: dict | None = None) -> tuple[list[str], subprocess.CompletedProcess]:
-    """Run doit in the repository (with `env` added to the environment); return the tasks it
-    executed (not those up to date)."""
+def doit(
+    *args: str, check: bool = True, env: dict | None = None, timeout_s: float | None = None
+) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Run doit in the repository (with `env` added to the environment, killed after
+    `timeout_s`); return the tasks it executed (not those up to date)."""
     result = subprocess.run(
-        [sys.executable, "-m", "doit", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})}
+        [sys.executable, "-m", "doit", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})},
+        timeout=timeout_s,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"doit {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")

@@ -24,6 +24,10 @@ from websd.paths import BUILD
         ({"model": {"architecture": "/nonexistent/arch.json"}}, ["model.architecture", "/nonexistent/arch.json does not exist"]),
         ({"model": {"source": "magic"}}, ["model.source", "allowed values: random, pretrained"]),
         ({"stages": {"shard_params": {"encode_format": "int4"}}}, ["stages.shard_params.encode_format", "allowed values: raw, f32-to-bf16"]),
+        ({"stages": {"tune": {"strategy": "annealing"}}}, ["stages.tune.strategy", "allowed values: evolutionary, replay-trace"]),
+        ({"stages": {"tune": {"tracker": "gpu-box:9190"}}}, ["stages.tune: 'tracker' needs 'key' too"]),
+        ({"stages": {"tune": {"tracker": "gpu-box", "key": "cuda"}}}, ["stages.tune.tracker: 'gpu-box' is not of the form host:port"]),
+        ({"components": ["unet"]}, ["stages.tune.components: vae_decoder not among the config's components (unet)"]),
     ],
 )
 def test_bad_config_is_explained(tmp_path: Path, changes: dict, expected: list[str]) -> None:

@@ -1,19 +1,28 @@
 """`doit tune` on this CPU (target llvm, a few trials): MetaSchedule's best schedules land in
-the tuning database, a second run goes on to the next kernels, and apply_db replays the
-records on every target that reads that database, matching kernels by structure."""
+the tuning database after every batch, a second run goes on to the next kernels, apply_db
+replays the records on every target that reads that database, matching kernels by
+structure, and candidates can run on TVM RPC servers that a tracker hands out."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import doit, layout_of, write_config
 from websd import relax_io
 from websd.kernels.attention import ATTR
-from websd.paths import TUNING_DATABASE_FILES
+from websd.paths import ROOT, TUNING_DATABASE_FILES
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +36,7 @@ def tuned(tmp_path_factory) -> tuple[Path, Path]:
         "stages": {
             # Only the database's schedules, so that what is scheduled is what it holds.
             "apply_db": {"database": str(database), "default_schedules": False},
-            "tune": {"component": "unet", "target": "llvm", "kernels": 1, "trials": 4, "minutes": 5},
+            "tune": {"components": ["unet"], "target": "llvm", "kernels": 1, "trials": 4, "batch": 4, "minutes": 5},
         },
     })
     doit(f"config={config}", "tune")
@@ -36,6 +45,14 @@ def tuned(tmp_path_factory) -> tuple[Path, Path]:
 
 def records(database: Path) -> list[dict]:
     return [json.loads(line) for line in (database / "database_tuning_record.json").read_text().splitlines()]
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"no {what} after {timeout_s} s")
+        time.sleep(0.5)
 
 
 def scheduled_kernels(config: Path, target: str) -> set[str]:
@@ -52,9 +69,8 @@ def test_tune_writes_the_best_record_of_each_kernel(tuned) -> None:
 
 def test_a_second_run_tunes_the_next_kernel(tuned) -> None:
     config, database = tuned
-    write_config(config, {"stages": {"tune": {"kernels": 2}}}, base=config)
     _, result = doit(f"config={config}", "tune")
-    assert "1 of the 2 heaviest kernels already tuned" in result.stdout
+    assert re.search(r"llvm: 1 of \d+ kernels already tuned; this run tunes up to 1", result.stdout)
     assert len(records(database / "llvm")) == 2
 
 
@@ -75,9 +91,77 @@ def test_failed_measurements_are_reported_and_never_stored(tuned) -> None:
     config, database = tuned
     measurements = lambda: sorted(json.dumps(record[1]) for record in records(database / "llvm"))  # noqa: E731
     before = measurements()
-    write_config(config, {"stages": {"tune": {"kernels": 3, "timeout_s": 0.001}}}, base=config)
+    write_config(config, {"stages": {"tune": {"timeout_s": 0.001}}}, base=config)
     _, result = doit(f"config={config}", "tune")
     assert "failed to build or run (not stored), e.g.: LocalBuilder: Timeout" in result.stdout
     assert "no candidate could be measured; trying once more" in result.stdout
     assert measurements() == before
     assert all(record[1][1] != [1e10] for record in records(database / "llvm"))
+
+
+def test_a_killed_run_keeps_the_batches_it_measured(tuned, tmp_path) -> None:
+    """Each batch is merged as soon as it is measured, file by file atomically: a run killed
+    during its second batch leaves a valid database holding the first batch's best."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    config, database = tuned
+    before = len(records(database / "llvm"))
+    write_config(config, {"stages": {"tune": {"strategy": "replay-trace", "trials": 8, "batch": 4, "timeout_s": 300}}},
+                 base=config)
+    # TMPDIR: the killed run's work folders go where pytest cleans up.
+    run = subprocess.Popen([sys.executable, "-m", "doit", f"config={config}", "tune"], cwd=ROOT,
+                           env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: len(records(database / "llvm")) > before, 600, "record of the first batch")
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # doit and MetaSchedule's workers
+        run.wait()
+    assert len(records(database / "llvm")) == before + 1
+    assert len(JSONDatabase(work_dir=str(database / "llvm")).get_all_tuning_records()) == before + 1
+
+
+@pytest.fixture
+def rpc_servers(tmp_path) -> tuple[str, Path]:
+    """`python3 -m stages.tune serve`: TVM's RPC tracker and two servers (key llvm) on
+    127.0.0.1; its address, and the folder of their logs."""
+    with socket.socket() as probe:  # a free port for the tracker
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logs, output = tmp_path / "rpc", tmp_path / "serve.txt"
+    with output.open("w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "stages.tune", "serve", "--gpus", "2", "--key", "llvm", "--port", str(port), "--logs", str(logs)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "registered at the tracker" in output.read_text() or serve.poll() is not None, 180, "RPC servers")
+        assert serve.poll() is None, output.read_text()
+        yield f"127.0.0.1:{port}", logs
+    finally:
+        # serve stops the tracker and servers on SIGTERM; whatever it leaves is killed here.
+        left = psutil.Process(serve.pid).children(recursive=True)
+        serve.terminate()
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+        for process in left:
+            if process.is_running():
+                process.kill()
+
+
+def test_tuning_through_an_rpc_tracker(tuned, rpc_servers) -> None:
+    """With `tracker` and `key`, the candidates run on the RPC servers the tracker holds, as
+    many at once as there are servers: both measure, and the best lands in the database."""
+    config, database = tuned
+    tracker, logs = rpc_servers
+    before = len(records(database / "llvm"))
+    write_config(config, {"stages": {"tune": {"strategy": "evolutionary", "trials": 8, "batch": 8, "timeout_s": 300,
+                                               "tracker": tracker, "key": "llvm"}}}, base=config)
+    _, result = doit(f"config={config}", "tune", timeout_s=600)
+    assert f"measuring on 2 RPC server(s) with key 'llvm' at {tracker}" in result.stdout
+    assert len(records(database / "llvm")) == before + 1
+    sessions = {log.name: log.read_text().count("load_module") for log in logs.glob("server-*.log")}
+    assert len(sessions) == 2 and all(sessions.values()), sessions

@@ -16,7 +16,7 @@ import jsonschema
 import yaml
 
 from .architecture import read_vae_config, vae_scale_factor
-from .targets import TUNABLE
+from .targets import TUNABLE, TUNING_STRATEGIES
 
 COMPONENTS = ["text_encoder", "unet", "vae_decoder"]
 TARGETS = ["llvm", "cuda", "webgpu"]
@@ -104,17 +104,25 @@ SCHEMA = _object(
                     ["shard_cap_mb", "encode_format"],
                 ),
                 "dist": _object({"max_steps": {"type": "integer", "minimum": 1, "maximum": 1000}}, ["max_steps"]),
-                "tune": _object(
-                    {
-                        "component": {"enum": COMPONENTS},
-                        "target": {"enum": list(TUNABLE)},
-                        "kernels": {"type": "integer", "minimum": 1},
-                        "trials": {"type": "integer", "minimum": 1},
-                        "minutes": {"type": "number", "exclusiveMinimum": 0},
-                        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-                    },
-                    ["component", "target", "kernels", "trials", "minutes", "timeout_s"],
-                ),
+                "tune": {
+                    **_object(
+                        {
+                            "components": {"type": "array", "items": {"enum": COMPONENTS}, "minItems": 1, "uniqueItems": True},
+                            "target": {"enum": list(TUNABLE)},
+                            "strategy": {"enum": list(TUNING_STRATEGIES)},
+                            "trials": {"type": "integer", "minimum": 1},
+                            "batch": {"type": "integer", "minimum": 1},
+                            "kernels": {"type": "integer", "minimum": 1},
+                            "minutes": {"type": "number", "exclusiveMinimum": 0},
+                            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                            "tracker": {"type": "string", "pattern": r"^[^\s:]+:[0-9]+$", "description": "host:port"},
+                            "key": {"type": "string", "minLength": 1},
+                        },
+                        ["components", "target", "strategy", "trials", "batch", "minutes", "timeout_s"],
+                    ),
+                    # The RPC servers are found by both: the tracker's address and their key.
+                    "dependentRequired": {"tracker": ["key"], "key": ["tracker"]},
+                },
             },
             ["export_fx", "import_relax", "legalize", "apply_db", "memory_plan", "build", "shard_params", "dist"],
         ),
@@ -214,6 +222,11 @@ def _explain(error: jsonschema.ValidationError) -> str:
         inner.path.clear()
         inner.path.extend(inner_path)
         return _explain(inner)
+    if error.validator == "pattern" and "description" in schema:
+        return f"{_key(error)}: {error.instance!r} is not of the form {schema['description']}"
+    if error.validator == "dependentRequired":
+        given, needed = next((k, v) for k, v in error.validator_value.items() if k in error.instance and not set(v) <= set(error.instance))
+        return f"{_key(error)}: {given!r} needs {', '.join(map(repr, needed))} too"
     if error.validator == "type":
         return f"{_key(error)}: {error.instance!r} has the wrong type (expected {error.validator_value})"
     return f"{_key(error)}: {error.message}"
@@ -236,6 +249,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: " + "\n".join(_explain(e) for e in errors))
     config = Config(path=path.resolve(), raw=raw)
     _check_model(config)
+    _check_tuned_components(config)
     return config
 
 
@@ -263,6 +277,16 @@ def _check_image_size(config: Config, vae: dict) -> None:
                 f"{config.path}: image.{key}: {size} is not a multiple of {scale}, the model's VAE scale "
                 "factor (pixels per latent)"
             )
+
+
+def _check_tuned_components(config: Config) -> None:
+    """Tuning reads the legalized modules, which only the config's own components have."""
+    unbuilt = [c for c in config.raw["stages"].get("tune", {}).get("components", []) if c not in config.components]
+    if unbuilt:
+        raise ConfigError(
+            f"{config.path}: stages.tune.components: {', '.join(unbuilt)} not among the config's components "
+            f"({', '.join(config.components)})"
+        )
 
 
 def _check_model(config: Config) -> None:

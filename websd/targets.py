@@ -39,6 +39,8 @@ def tvm_target(name: str):
 # to tune on; it replays CUDA's records, which are tuned within WebGPU's limits (tuning_target).
 TUNED_ON = {"llvm": "llvm", "cuda": "cuda", "webgpu": "cuda"}
 TUNABLE = ("llvm", "cuda")
+# MetaSchedule's search strategies that doit tune offers (stages.tune picks the cost model).
+TUNING_STRATEGIES = ("evolutionary", "replay-trace")
 
 
 def tuning_target(name: str, num_cores: int = 1):
