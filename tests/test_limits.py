@@ -5,19 +5,21 @@ wide at the real limit (128 MiB), so the stages run here with a limit small enou
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import layout_of
+from conftest import doit, layout_of, write_config
 from stages import apply_db, build, import_relax, legalize, memory_plan, shard_params
 from websd import relax_io
 from websd.architecture import ENTRIES
 from websd.components import example_inputs, load_component, signature
 from websd.config import load_config
-from websd.paths import model_folder
+from websd.paths import ROOT, model_folder
+from websd.targets import BINDING_LIMIT
 from websd.runtime import Component
 from websd.wasm import wgsl_limits
 
@@ -74,3 +76,23 @@ fn main() {}
         "maxComputeWorkgroupSizeY": 4,
         "maxComputeWorkgroupSizeZ": 1,
     }
+
+
+def test_sd15_fits_webgpu_default_limits(tmp_path: Path) -> None:
+    """Full SD 1.5 at 512x512 (random weights), built through memory planning for webgpu: no
+    weight and no planned buffer is larger than WebGPU's default binding, so the page needs to
+    request no limit (the token embedding is split, the attention scores and the VAE's
+    256-channel images are gone). Slow: the full model's export and import (several minutes)."""
+    sd15 = ROOT / "config" / "sd-v1-5-random.yaml"
+    config = write_config(tmp_path / "sd15-webgpu.yaml", {"targets": ["webgpu"]}, base=sd15)
+    doit(f"config={config}", "memory_plan")
+    layout = layout_of(config)
+    for component in ("text_encoder", "unet", "vae_decoder"):
+        module = relax_io.load_module(layout.imported(component))
+        weights = [param for param in module["main"].params[int(module["main"].attrs["num_input"]):]]
+        largest_weight = max(math.prod(int(d) for d in w.ty.shape.values) * 4 for w in weights)
+        largest_buffer = json.loads(layout.memory_report(component, "webgpu").read_text())["largest_bytes"]
+        assert largest_weight <= BINDING_LIMIT, component
+        assert largest_buffer <= BINDING_LIMIT, component
+        if component == "text_encoder":  # 49408 x 768 floats in two blocks
+            assert sum("token_embedding" in w.name for w in weights) == 2
