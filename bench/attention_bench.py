@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -126,25 +125,12 @@ def build(out: Path) -> None:
         print(f"{variant}: built in {time.time() - started:.0f} s")
 
 
-def median_ms(call, sync) -> float:
-    for _ in range(WARMUP):
-        call()
-    sync()
-    samples = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        call()
-        sync()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
-
-
 def run_cuda(folder: Path, table: dict, cuda_include: str) -> tuple[str, dict]:
     """Each shape's time, fused and unfused, natively, and how far the two outputs differ."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
-    from gpu_bench import enable_cuda
+    from gpu_bench import enable_cuda, median_ms
 
     enable_cuda(cuda_include)
     dev = tvm.cuda()
@@ -156,7 +142,7 @@ def run_cuda(folder: Path, table: dict, cuda_include: str) -> tuple[str, dict]:
         args = [tvm.runtime.tensor(rng.standard_normal((b, t, h * d), dtype=np.float32), dev) for t in (n, m, m)]
         outputs = {v: vm[name](*args)[0].numpy() for v, vm in vms.items()}
         error = float(np.abs(outputs["fused"] - outputs["unfused"]).max() / np.abs(outputs["unfused"]).max())
-        rows[name] = {f"cuda_{v}_ms": round(median_ms(lambda vm=vm: vm[name](*args), dev.sync), 4) for v, vm in vms.items()}
+        rows[name] = {f"cuda_{v}_ms": round(median_ms(lambda vm=vm: vm[name](*args), dev.sync, RUNS, WARMUP)["median_ms"], 4) for v, vm in vms.items()}
         rows[name]["max_rel_error"] = error
         print(name, rows[name], flush=True)
     return dev.device_name, rows

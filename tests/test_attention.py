@@ -306,7 +306,8 @@ def _calls(func) -> list:
 def test_unet_allocates_no_scores_tensor(tmp_path: Path) -> None:
     """At 256x256 the tiny UNet's first attention has 1024 tokens: its scores would be a
     16 x 1024 x 1024 fp32 tensor (64 MiB); after the pass no allocation comes near it."""
-    config = write_config(tmp_path / "unet256.yaml", {"components": ["unet"], "targets": ["llvm"], "image": {"height": 256, "width": 256}})
+    config = write_config(tmp_path / "unet256.yaml", {"components": ["unet"], "targets": ["llvm"], "image": {"height": 256, "width": 256},
+                                                     "stages": {"tune": {"components": ["unet"]}}})
     doit(f"config={config}", "memory_plan")
     layout = layout_of(config)
     specs = attention_specs(relax_io.load_module(layout.legalized("unet")))

@@ -109,7 +109,8 @@ def test_dist_follows_the_config(default_build: Path, tmp_path: Path) -> None:
     """dist/ is one folder for every config: a bundle of another config (same components) is
     rebuilt into it, and so is the first one's again."""
     dist = {"WEBSD_DIST": str(tmp_path / "dist")}
-    other = write_config(tmp_path / "other.yaml", {"model": {"seed": 1}, "components": ["text_encoder"], "targets": ["webgpu"]})
+    other = write_config(tmp_path / "other.yaml", {"model": {"seed": 1}, "components": ["text_encoder"], "targets": ["webgpu"],
+                                                   "stages": {"tune": {"components": ["text_encoder"]}}})
     for config in (default_build, other, default_build):
         executed, _ = doit(f"config={config}", "text_encoder_only", env=dist)
         assert "text_encoder_only" in executed
