@@ -67,9 +67,11 @@ export function limitsToRequest(requiredLimits = {}, featureLevel = "core") {
  * or a WebGPUUnavailable error naming what is missing; `advice` ends those messages. Returns
  * {adapter, device, requestedLimits}. We request the device ourselves rather than with
  * tvmjs.detectGPUDevice: that one asks for the adapter's maximum buffer limits and would not
- * tell which of the model's required limits the adapter lacks.
+ * tell which of the model's required limits the adapter lacks. `features` are optional
+ * features (e.g. "timestamp-query" for a profile) requested where the adapter has them, as
+ * "shader-f16" always is; the device's `features` tell which it got.
  */
-export async function requestDevice(gpu, requiredLimits, { adapterOptions = {}, advice = "" } = {}) {
+export async function requestDevice(gpu, requiredLimits, { adapterOptions = {}, advice = "", features = [] } = {}) {
   const options = { powerPreference: "high-performance", ...adapterOptions };
   const adapter = await gpu.requestAdapter(options);
   if (!adapter) throw new WebGPUUnavailable(`WebGPU is unavailable: no GPU adapter was offered. ${advice}`);
@@ -82,7 +84,7 @@ export async function requestDevice(gpu, requiredLimits, { adapterOptions = {}, 
   }
   const device = await adapter.requestDevice({
     requiredLimits: requestedLimits,
-    requiredFeatures: ["shader-f16"].filter((f) => adapter.features.has(f)),
+    requiredFeatures: ["shader-f16", ...features].filter((f) => adapter.features.has(f)),
   });
   return { adapter, device, requestedLimits };
 }
