@@ -21,6 +21,7 @@
 //   runs, warmup     timed calls of each function after untimed ones; default 20 and 3
 //   generation_runs  timed generations after the untimed one; default 2 (0: the untimed one only)
 //   unet_variants    optional {name: {wasm}}: other builds of the bundle's UNet, same weights
+//   profile          optional {runs} (default 3): also profile every function's kernels (below)
 //   out, image_out   the results (JSON) and the generated image (raw RGB uint8, H*W*3)
 //
 // Output (`out`): node/webgpu/tvmjs versions, adapter info, features and limits (all, those the
@@ -30,6 +31,18 @@
 // the generation's times (total and per part) and its image's sha256; one summary line on
 // stdout, progress on stderr; exit 1 with a message on any error (no adapter, a missing limit,
 // a WebGPU validation error, ...).
+//
+// With `profile`, the device also gets "timestamp-query" where the adapter has it, Dawn's
+// timestamp rounding is disabled (dawn option disable-dawn-features=timestamp_quantization) and
+// each function of each component (and of each UNet variant), after its timings, runs `runs`
+// times under bench/dispatch_profile.mjs, then `runs` times plainly: `profile` (and each
+// variant's `profile`) holds per function the dispatches of one call; per kernel (its
+// PrimFunc's name: the WGSL kernel's without `_kernel`/`_kernel_N`) the calls and dispatches of
+// one call and its GPU time (ms, median over the runs; null without timestamp-query); the sum of
+// every dispatch's GPU time and the GPU span (first dispatch's start to the last one's end);
+// from the plain calls, the host's time until `invoke` returns (tvmjs has encoded every
+// dispatch and submitted none: that happens at the sync), per call and per dispatch, and the
+// whole call's. Without `profile` nothing of this runs and the device is requested as before.
 //
 // UNet variants run each on a device of their own, requested from the same GPU after the rest:
 // tvmjs's Instance.dispose() destroys the device it was given, which frees all its buffers.
@@ -51,6 +64,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { createPipeline, DEFAULT_LIMITS, loadComponent, requestDevice, WebGPUUnavailable } from "../web/src/pipeline.js";
 import { randn } from "../web/src/randn.js";
 import { loadTokenizer } from "../web/src/tokenizer.js";
+import { primFuncOf, profileDispatches } from "./dispatch_profile.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const UNET_TIMESTEP = 500; // the timestep of the UNet's timed calls
@@ -63,12 +77,17 @@ const log = (...args) => console.error("[webgpu_node]", ...args);
 const now = () => performance.now();
 const round3 = (x) => Math.round(x * 1000) / 1000;
 
+function median(samples) {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const n = sorted.length;
+  return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
 function stats(samples) {
   const sorted = [...samples].sort((a, b) => a - b);
   const n = sorted.length;
-  const median = n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
   return {
-    median_ms: round3(median),
+    median_ms: round3(median(samples)),
     min_ms: round3(sorted[0]),
     max_ms: round3(sorted[n - 1]),
     mean_ms: round3(samples.reduce((a, b) => a + b, 0) / n),
@@ -96,19 +115,30 @@ function loadSpec(file) {
     if (v?.wasm === undefined) throw new BenchError(`spec ${file}: unet_variants.${name}.wasm is missing`);
     return [name, at(v.wasm)];
   }));
+  const profile = spec.profile === undefined ? null : { runs: spec.profile?.runs ?? 3 };
+  if (profile !== null && !(profile.runs >= 1)) throw new BenchError(`spec ${file}: profile.runs must be at least 1`);
+  const dawnOptions = spec.dawn_options ?? [];
   return {
     ...spec,
     bundle: at(spec.bundle),
     webgpu_package: at(spec.webgpu_package ?? path.join(ROOT, "bench", "node_modules", "webgpu")),
     out: at(spec.out),
     image_out: at(spec.image_out),
-    dawn_options: spec.dawn_options ?? [],
+    profile,
+    dawn_options: profile ? withDawnToggleDisabled(dawnOptions, "timestamp_quantization") : dawnOptions,
     adapter_options: spec.adapter_options ?? {},
     generation: spec.generation ?? {},
     runs: spec.runs ?? 20,
     warmup: spec.warmup ?? 3,
     generation_runs: spec.generation_runs ?? 2,
   };
+}
+
+/** Dawn options with `toggle` added to their "disable-dawn-features=" list (made if absent). */
+function withDawnToggleDisabled(options, toggle) {
+  const key = "disable-dawn-features=";
+  if (!options.some((o) => o.startsWith(key))) return [...options, key + toggle];
+  return options.map((o) => (o.startsWith(key) ? `${o},${toggle}` : o));
 }
 
 /**
@@ -171,9 +201,15 @@ function weightsFromDisk(bundle, reads) {
   };
 }
 
-/** A device for the bundle (as the page requests it) that collects WebGPU errors. */
+/**
+ * A device for the bundle (as the page requests it) that collects WebGPU errors; with a profile,
+ * with timestamp queries where the adapter has them, and its dispatches' profiler.
+ */
 async function deviceFor(gpu, run, manifest) {
-  const granted = await requestDevice(gpu, manifest.required_limits, { adapterOptions: run.adapter_options, advice: NO_GPU_ADVICE });
+  const granted = await requestDevice(gpu, manifest.required_limits, {
+    adapterOptions: run.adapter_options, advice: NO_GPU_ADVICE, features: run.profile ? ["timestamp-query"] : [],
+  });
+  const profiler = run.profile ? profileDispatches(granted.device) : null; // before any pipeline is made
   const errors = [];
   granted.device.addEventListener("uncapturederror", (event) => errors.push(String(event.error?.message ?? event.error)));
   granted.device.lost.then((lost) => { if (lost.reason !== "destroyed") errors.push(`device lost: ${lost.message}`); });
@@ -183,7 +219,7 @@ async function deviceFor(gpu, run, manifest) {
         + (errors.length > 3 ? ` (and ${errors.length - 3} more)` : ""));
     }
   };
-  return { ...granted, check };
+  return { ...granted, check, profiler };
 }
 
 const numericLimits = (limits) => {
@@ -236,10 +272,14 @@ function timingInputs(signature, promptIds) {
   });
 }
 
-/** Each function of a component: `warmup` then `runs` timed calls, the inputs already on the GPU. */
+/**
+ * Each function of a component: `warmup` then `runs` timed calls, the inputs already on the GPU;
+ * then, with a profile, its kernels (profileFunction). Returns {timings, profile}.
+ */
 async function timeFunctions(component, gpu, run, promptIds, label) {
   const { tvm, dev, spec } = component;
   const timings = {};
+  const profile = {};
   for (const [entry, signature] of Object.entries(spec.functions)) {
     tvm.beginScope();
     try {
@@ -256,14 +296,95 @@ async function timeFunctions(component, gpu, run, promptIds, label) {
         if (i >= run.warmup) samples.push(ms);
       }
       gpu.check(`${label}.${entry}: timing`);
-      component.release(); // as a generation does between its parts: the peak is a generation's
       timings[entry] = { inputs: signature.inputs, warmup: run.warmup, runs: run.runs, ...stats(samples) };
       log(`${label}.${entry}: median ${timings[entry].median_ms} ms (min ${timings[entry].min_ms}, max ${timings[entry].max_ms}) over ${run.runs} runs`);
+      if (gpu.profiler) {
+        profile[entry] = await profileFunction(component, gpu.profiler, entry, args, run.profile.runs);
+        gpu.check(`${label}.${entry}: profile`);
+        const p = profile[entry];
+        log(`${label}.${entry}: profile: ${p.dispatches} dispatches, kernels ${p.gpu_kernel_ms ?? "(untimed)"} ms of GPU, `
+          + `span ${p.gpu_span_ms ?? "-"} ms; host ${p.host_ms} ms (${p.host_us_per_dispatch} us per dispatch), call ${p.wall_ms} ms`);
+      }
+      component.release(); // as a generation does between its parts: the peak is a generation's
     } finally {
       tvm.endScope();
     }
   }
-  return timings;
+  return { timings, profile: gpu.profiler ? profile : null };
+}
+
+/**
+ * The kernels of `entry` on `args`: `runs` calls under the profiler (each dispatch named, and
+ * timed on the GPU where the device can), then `runs` plain calls, timed until `invoke` returns
+ * (the host's part: tvmjs encodes every dispatch and submits them at the sync) and to the sync's end.
+ */
+async function profileFunction(component, profiler, entry, args, runs) {
+  const { tvm, dev } = component;
+  const submitted = () => tvm.lib.webGPUContext.shaderSubmitCounter; // tvmjs's count of its dispatches
+  const recorded = [];
+  for (let i = 0; i < runs; i++) {
+    tvm.beginScope();
+    const before = submitted();
+    const run = await profiler.record(async () => {
+      component.invoke(entry, args);
+      await dev.sync();
+    });
+    if (run.dispatches.length !== submitted() - before) {
+      throw new BenchError(`profile of ${entry}: tvmjs made ${submitted() - before} dispatches, the profiler saw ${run.dispatches.length} compute passes`);
+    }
+    recorded.push(run);
+    tvm.endScope();
+  }
+  const hostMs = [];
+  const wallMs = [];
+  for (let i = 0; i < runs; i++) {
+    tvm.beginScope();
+    const started = now();
+    component.invoke(entry, args);
+    hostMs.push(now() - started);
+    await dev.sync();
+    wallMs.push(now() - started);
+    tvm.endScope();
+  }
+  return summarizeProfile(recorded, hostMs, wallMs, profiler.timestamps);
+}
+
+/** profileFunction's result from the recorded runs (profiler.record's) and the plain calls. */
+function summarizeProfile(recorded, hostMs, wallMs, timestamps) {
+  const dispatches = recorded[0].dispatches.length;
+  if (recorded.some((r) => r.dispatches.length !== dispatches)) {
+    throw new BenchError(`profile: the calls made different numbers of dispatches: ${recorded.map((r) => r.dispatches.length)}`);
+  }
+  const kernels = {};
+  recorded.forEach(({ dispatches: runDispatches }, run) => {
+    for (const { kernel, ns } of runDispatches.filter((d) => d.kernel !== null)) {
+      const name = primFuncOf(kernel);
+      kernels[name] ??= { wgsl: new Map(), ms: recorded.map(() => 0) };
+      if (run === 0) kernels[name].wgsl.set(kernel, (kernels[name].wgsl.get(kernel) ?? 0) + 1);
+      kernels[name].ms[run] += ns / 1e6;
+    }
+  });
+  const msOrNull = (samples) => (timestamps ? round3(median(samples)) : null);
+  const totals = recorded.map((r) => r.dispatches.reduce((sum, d) => sum + d.ns, 0) / 1e6);
+  const host = median(hostMs);
+  return {
+    runs: recorded.length,
+    timestamps,
+    quantized: timestamps ? recorded.some((r) => r.quantized) : null,
+    dispatches,
+    unnamed_dispatches: recorded[0].dispatches.filter((d) => d.kernel === null).length,
+    // A PrimFunc's call dispatches each of its WGSL kernels once.
+    kernels: Object.fromEntries(Object.entries(kernels).map(([name, k]) => [name, {
+      calls: Math.max(...k.wgsl.values()),
+      dispatches: [...k.wgsl.values()].reduce((a, b) => a + b, 0),
+      gpu_ms: msOrNull(k.ms),
+    }])),
+    gpu_kernel_ms: msOrNull(totals),
+    gpu_span_ms: msOrNull(recorded.map((r) => r.span_ns / 1e6)),
+    host_ms: round3(host),
+    host_us_per_dispatch: round3((1000 * host) / dispatches),
+    wall_ms: round3(median(wallMs)),
+  };
 }
 
 /** The page's RGBA pixels as raw RGB. */
@@ -336,8 +457,11 @@ async function main() {
   const promptIds = tokenizer?.encode(settings.prompt);
 
   result.timings = {};
+  if (run.profile) result.profile = {};
   for (const name of pipeline.components) {
-    result.timings[name] = await timeFunctions(pipeline.component(name), gpu, run, promptIds, name);
+    const { timings, profile } = await timeFunctions(pipeline.component(name), gpu, run, promptIds, name);
+    result.timings[name] = timings;
+    if (profile) result.profile[name] = profile;
   }
   if (!pipeline.canGenerate) {
     fs.mkdirSync(path.dirname(run.out), { recursive: true });
@@ -386,9 +510,9 @@ async function main() {
     vgpu.check(`${label}: loading`);
     const load = loadReport(component, wasmFile, reads.unet);
     log(`${label}: ${JSON.stringify(load)}`);
-    const timings = await timeFunctions(component, vgpu, run, promptIds, label);
+    const { timings, profile } = await timeFunctions(component, vgpu, run, promptIds, label);
     load.runtime_stats = component.tvm.runtimeStatsText();
-    result.unet_variants[variant] = { load, timings };
+    result.unet_variants[variant] = { load, timings, ...(profile && { profile }) };
     component.tvm.endScope();
     component.tvm.dispose(); // destroys vgpu.device
   }
