@@ -297,15 +297,16 @@ def tune(modules: list[Path], database: Path, options: dict) -> None:
 
 def drop_losing_records(database: Path, module: Path, target: str, profile: Path, tuned: str, default: str) -> None:
     """Keep a kernel's record only where it beat the default schedule. `profile` is
-    bench/profile_cuda.py's per-kernel time in one step of the `tuned` and the `default` build,
-    measured in the same run; `module` the legalized module they were built from (it names the
-    kernels). A short search can lose to dlight's schedule."""
+    bench/profile_cuda.py's (or gpu_bench.py's) profile-cuda.json: each kernel's time in the UNet
+    step (`main`) of the `tuned` and the `default` build (e.g. unet, unet-untuned), measured in
+    the same run; `module` the legalized module they were built from (it names the kernels). A
+    short search can lose to dlight's schedule."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     builds = json.loads(Path(profile).read_text())
-    time_in = {build: {k["name"]: k["ms"] for k in builds[build]["kernels"]} for build in (tuned, default)}
+    time_in = {build: {name: k["gpu_ms"] for name, k in builds[build]["main"]["kernels"].items()} for build in (tuned, default)}
     tasks = ms.relax_integration.extract_tasks(relax_io.load_module(module), tuning_target(target))
     names = {tvm_ffi.structural_hash(t.dispatched[0]): t.task_name for t in tasks}
     kept = []
