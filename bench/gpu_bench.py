@@ -8,6 +8,12 @@ builds against PyTorch fp32's. Every time is wall clock around a call that ends 
 sync, median of RUNS after WARMUP calls. Runs on the GPU machine through bench/gpu_bench.sh;
 writes gpu-bench.json, gpu-bench.md and gpu-bench.png into --out.
 
+The native CUDA row and the WebGPU row with Dawn's default robustness also profile every
+kernel of every component and UNet variant (bench/profile_cuda.py, webgpu_node.mjs's `profile`),
+after their timings: profile-cuda.json, profile-webgpu.json and, side by side,
+profile-<component>.{md,json} (bench/profile_tables.py). A row whose profile fails runs again
+without it.
+
     python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --out $OUT
 """
 
@@ -27,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import profile_tables  # noqa: E402  (bench/, beside this file)
+from profile_cuda import PROFILE_RUNS  # noqa: E402
 from websd.config import COMPONENTS, Config, load_config  # noqa: E402
 
 RUNS, WARMUP = 20, 3
@@ -34,6 +42,7 @@ STEPS, GUIDANCE, SCHEDULER = 20, 7.5, "dpm-solver"
 PROMPT, NEGATIVE_PROMPT = "a photo of an astronaut riding a horse on mars", ""
 TORCH_MODES = ("fp32-no-tf32", "fp32-tf32", "fp16")
 ROBUSTNESS = {"default": [], "disable_robustness": ["enable-dawn-features=disable_robustness"]}
+PROFILED_WEBGPU = "default"  # the WebGPU row that also profiles its kernels
 
 
 def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
@@ -178,10 +187,11 @@ def fp32_matmul_tflops(n: int = 8192) -> float:
     return round(2 * n**3 / (timing["median_ms"] / 1000) / 1e12, 1)
 
 
-def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, cuda_include: str) -> dict:
+def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, cuda_include: str, profile: bool) -> dict:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    from profile_cuda import CudaClock, profile_build, signature_inputs
     from websd.generate import Generator
     from websd.runtime import Component, release_activations
 
@@ -192,12 +202,8 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     rng = np.random.default_rng(1)
 
     def timing(vm, component, name) -> dict:
-        """`main`, its inputs on the GPU: the prompt's ids for the text encoder, else random."""
-        args = [
-            tvm.runtime.tensor(np.array(inputs["prompt_ids"], np.int32) if s["dtype"] == "int32" else rng.standard_normal(s["shape"]).astype(s["dtype"]),
-                               component.device)
-            for s in inputs["functions"][name]["main"]["inputs"]
-        ]
+        """`main`, its inputs on the GPU (profile_cuda.signature_inputs)."""
+        args = [tvm.runtime.tensor(x, component.device) for x in signature_inputs(inputs["functions"][name]["main"], rng, inputs["prompt_ids"])]
         main = vm["main"]
         timed = median_ms(lambda: main(*args, *component.weights), component.device.sync)
         release_activations()  # as a generation does between its parts: the peak is a generation's
@@ -210,17 +216,25 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     result["generation"] = median_ms(run, lambda: None, runs=1, warmup=1)
     image, _ = run()
     unet = components["unet"]
-    result["unet_variants"] = {
-        variant: timing(VirtualMachine(tvm.runtime.load_module(path), unet.device), unet, "unet")
-        for variant, path in unet_variants.items()
-    }
+    variant_vms = {variant: VirtualMachine(tvm.runtime.load_module(path), unet.device) for variant, path in unet_variants.items()}
+    result["unet_variants"] = {variant: timing(vm, unet, "unet") for variant, vm in variant_vms.items()}
+    if profile:  # a profile set (bench/profile_tables.py) of every build, with the timings' weights
+        clock = CudaClock()
+        builds = {name: (name, c.vm) for name, c in components.items()}  # build: (component, its VM)
+        builds.update({f"unet-{variant}": ("unet", vm) for variant, vm in variant_vms.items()})
+        result["profile"] = {
+            build: profile_build(build, vm, inputs["functions"][name], components[name].weights, components[name].device, clock,
+                                 inputs["prompt_ids"])
+            for build, (name, vm) in builds.items()
+        }
     return result, image
 
 
 def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_variants: dict, inputs: dict, work: Path,
-               backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
-    """The WebGPU bundle in Node: bench/webgpu_node.mjs with a spec. (Without a GPU, Dawn runs on
-    backend "opengl" with adapter_options {"featureLevel": "compatibility"}.)"""
+               profile: bool, backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
+    """The WebGPU bundle in Node: bench/webgpu_node.mjs with a spec; with `profile`, its kernels
+    too. (Without a GPU, Dawn runs on backend "opengl" with adapter_options {"featureLevel":
+    "compatibility"}.)"""
     spec = {
         "bundle": str(bundle),
         "webgpu_package": str(node_dir / "webgpu"),
@@ -231,6 +245,7 @@ def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_v
         "runs": RUNS, "warmup": WARMUP, "generation_runs": 1,
         "unet_variants": {variant: {"wasm": path} for variant, path in unet_variants.items()},
         "out": str(work / f"webgpu-{robustness}.json"), "image_out": str(work / f"webgpu-{robustness}.u8"),
+        **({"profile": {"runs": PROFILE_RUNS}} if profile else {}),
     }
     spec_file = work / f"webgpu-{robustness}.spec.json"
     spec_file.write_text(json.dumps(spec))
@@ -241,6 +256,8 @@ def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_v
     result["unet_variants"] = {v: timing_of(r["timings"]["main"]) for v, r in raw["unet_variants"].items()}
     result.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"],
                   required_limits=raw["required_limits"], requested_limits=raw["requested_limits"])
+    if profile:  # a profile set (bench/profile_tables.py), its builds named as the CUDA row's
+        result["profile"] = {**raw["profile"], **{f"unet-{v}": r["profile"] for v, r in raw["unet_variants"].items()}}
     image = np.fromfile(spec["image_out"], np.uint8).reshape(raw["generation"]["image"]["height"], raw["generation"]["image"]["width"], 3)
     return result, image
 
@@ -318,7 +335,8 @@ def engine_main(engine: str, request: Path) -> None:
     if engine.startswith("pytorch-"):
         result, image = run_torch(engine.removeprefix("pytorch-"), args["inputs"])
     else:
-        result, image = run_cuda(args["libraries"], args["unet_variants"], Path(args["params"]), args["inputs"], args["cuda_include"])
+        result, image = run_cuda(args["libraries"], args["unet_variants"], Path(args["params"]), args["inputs"], args["cuda_include"],
+                                 args["profile"])
     (request.parent / f"{engine}.result.json").write_text(json.dumps(result))
     np.save(request.parent / f"{engine}.image.npy", image)
 
@@ -332,33 +350,42 @@ def run_all(args) -> dict:
     inputs = prepare(config, bundle, work)
     rows, images, errors = {}, {}, {}
 
-    def attempt(name, run):
+    def attempt(name, run, profiled: bool = False):
+        """`run(profile)` gives the row; with `profiled`, it profiles too, and if that fails,
+        the row runs again without its profile (the error is kept under "<name> profile")."""
         try:
-            rows[name], images[name] = run()
+            rows[name], images[name] = run(profiled)
             print(f"gpu_bench: {name}: UNet step {rows[name]['unet']['median_ms']} ms", flush=True)
         except Exception as error:  # a row that cannot run says why, and the others still run
-            errors[name] = f"{type(error).__name__}: {error}"
-            print(f"gpu_bench: {name} failed: {errors[name]}", flush=True)
+            failed = f"{name} profile" if profiled else name
+            errors[failed] = f"{type(error).__name__}: {error}"
+            print(f"gpu_bench: {failed} failed: {errors[failed]}", flush=True)
+            if profiled:
+                attempt(name, run)
         # What is done so far, in case the call runs out of time.
         (args.out / "gpu-bench.partial.json").write_text(json.dumps({"rows": rows, "errors": errors}, indent=1))
 
     for mode in TORCH_MODES:
-        attempt(f"pytorch-{mode}", lambda mode=mode: child(f"pytorch-{mode}", {"inputs": inputs}, work))
+        attempt(f"pytorch-{mode}", lambda _, mode=mode: child(f"pytorch-{mode}", {"inputs": inputs}, work))
     libraries = {name: str(carry / "cuda" / f"{name}.so") for name in COMPONENTS}
     variants = {v: str(carry / "cuda" / f"unet-{v}.so") for v in args.unet_variants}
-    attempt("tvm-cuda", lambda: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
-                                                    "params": str(bundle / "params"), "cuda_include": args.cuda_include}, work))
+    attempt("tvm-cuda", lambda profile: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
+                                                           "params": str(bundle / "params"), "cuda_include": args.cuda_include,
+                                                           "profile": profile}, work), profiled=True)
     wasm_variants = {v: str(carry / "webgpu" / f"unet-{v}.wasm") for v in args.unet_variants}
     for robustness in ROBUSTNESS:
 
-        def webgpu(robustness=robustness):
+        def webgpu(profile, robustness=robustness):
             with PeakMemory() as memory:
-                result, image = run_webgpu(robustness, args.node, args.node_dir, bundle, wasm_variants, inputs, work)
+                result, image = run_webgpu(robustness, args.node, args.node_dir, bundle, wasm_variants, inputs, work, profile)
             result["peak_gpu_memory_gib"] = memory.gib
             return result, image
 
-        attempt(f"webgpu-{robustness}", webgpu)
-    return report(rows, images, errors, inputs)
+        attempt(f"webgpu-{robustness}", webgpu, profiled=robustness == PROFILED_WEBGPU)
+    # The profiles go to files of their own (profile_tables.py), not into the rows.
+    profiles = {side: rows[name].pop("profile") for side, name in (("cuda", "tvm-cuda"), ("webgpu", f"webgpu-{PROFILED_WEBGPU}"))
+                if "profile" in rows.get(name, {})}
+    return report(rows, images, errors, inputs), profiles
 
 
 def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
@@ -460,6 +487,10 @@ def markdown(results: dict) -> str:
         for name, r in tuned:
             cells = [f"{r['unet']['median_ms']:.1f}", *(f"{v['median_ms']:.1f}" for v in r["unet_variants"].values())]
             lines.append(f"| {ROW_LABELS[name]} | " + " | ".join(cells) + " |")
+    if results.get("profile_tables"):
+        lines += ["", f"Where the time goes, kernel by kernel, {ROW_LABELS['tvm-cuda']} beside {ROW_LABELS[f'webgpu-{PROFILED_WEBGPU}']}: "
+                  + ", ".join(results["profile_tables"])]
+    lines += [f"- {name} failed (the row ran again without it): {error}" for name, error in results["errors"].items() if name.endswith(" profile")]
     return "\n".join(lines) + "\n"
 
 
@@ -500,7 +531,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = run_all(args)
+    results, profiles = run_all(args)
+    for side, profile in profiles.items():
+        (args.out / f"profile-{side}.json").write_text(json.dumps(profile, indent=1) + "\n")
+    results["profile_tables"] = [path.name for path in profile_tables.write_tables(args.out, **profiles) if path.suffix == ".md"]
     (args.out / "gpu-bench.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "gpu-bench.md").write_text(markdown(results))
     chart(results, args.out / "gpu-bench.png")
