@@ -91,6 +91,7 @@ def test_node_runner_draws_diffusers_image(node_run) -> None:
 def test_node_runner_reports(node_run) -> None:
     report, _, bundle = node_run
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "profile" not in report and report["dawn_options"] == ["backend=opengl"]  # without a profile, no profiler
     assert report["required_limits"] == manifest["required_limits"]
     # The default build needs nothing beyond WebGPU's core defaults; Dawn on OpenGL is a
     # compatibility-mode device, so exactly what the build needs above its defaults is requested.
