@@ -9,10 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -86,3 +90,71 @@ def run_page(browser, url: str, timeout_s: float = 300) -> Any:
         return page.evaluate("window.__result")
     finally:
         page.close()
+
+
+# Runs Relax functions of one or more wasm builds on given inputs and returns their outputs:
+# cases.json lists {wasm, name, inputs: [{file, shape}]}; each function returns one tensor.
+FUNCTIONS_PAGE = """<!doctype html>
+<script src="tvmjs.js"></script>
+<script>
+async function run() {
+  const gpu = await tvmjs.detectGPUDevice();
+  if (gpu === undefined) throw new Error("no WebGPU adapter");
+  const cases = await (await fetch("cases.json")).json();
+  const vms = {};
+  const outputs = {};
+  for (const c of cases) {
+    if (vms[c.wasm] === undefined) {
+      const wasm = await (await fetch(c.wasm)).arrayBuffer();
+      const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), console.log);
+      tvm.initWebGPU(gpu.device);
+      tvm.beginScope();
+      const vm = tvm.createVirtualMachine(tvm.webgpu());
+      await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
+      vms[c.wasm] = { tvm, vm };
+    }
+    const { tvm, vm } = vms[c.wasm];
+    const dev = tvm.webgpu();
+    const args = [];
+    for (const input of c.inputs) {
+      const data = new Float32Array(await (await fetch(input.file)).arrayBuffer());
+      args.push(tvm.empty(input.shape, "float32", dev).copyFrom(data));
+    }
+    const out = vm.getFunction(c.name)(...args);
+    const host = tvm.empty(out.shape, "float32", tvm.cpu()).copyFrom(out);
+    await dev.sync();
+    outputs[c.wasm + ":" + c.name] = Array.from(host.toArray());
+  }
+  return outputs;
+}
+run().then(r => { window.__result = r; }, e => { window.__error = String(e && e.stack || e); });
+</script>
+"""
+
+
+def run_functions(browser, folder: Path, wasms: dict, cases: dict) -> dict:
+    """Each case's function in headless Chromium's WebGPU: `wasms` maps a file name to a webgpu
+    executable (linked into `folder`), `cases` maps (wasm, function) to its float32 inputs.
+    Returns (wasm, function) -> its output, flat."""
+    from stages.build_runtime import runtime_dir
+    from websd.paths import TVMJS
+    from websd.wasm import RUNTIME_OBJECTS, export_wasm
+
+    runtime = runtime_dir()
+    if not all((runtime / name).is_file() for name in RUNTIME_OBJECTS):
+        raise AssertionError(f"{runtime} lacks the web runtime: build it with `doit build_runtime`")
+    for name, executable in wasms.items():
+        export_wasm(executable, folder / name, runtime)
+    listed = []
+    for i, ((wasm, function), arrays) in enumerate(cases.items()):
+        files = []
+        for j, array in enumerate(arrays):
+            files.append({"file": f"input{i}_{j}.bin", "shape": list(array.shape)})
+            np.ascontiguousarray(array, np.float32).tofile(folder / files[-1]["file"])
+        listed.append({"wasm": wasm, "name": function, "inputs": files})
+    (folder / "cases.json").write_text(json.dumps(listed))
+    (folder / "index.html").write_text(FUNCTIONS_PAGE)
+    shutil.copy(TVMJS, folder / "tvmjs.js")
+    with http_server(folder) as url:
+        got = run_page(browser, url + "index.html")
+    return {key: np.array(got[f"{key[0]}:{key[1]}"], np.float32) for key in cases}

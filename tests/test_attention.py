@@ -18,14 +18,13 @@ import torch
 import tvm
 from tvm import relax
 
-from browser import http_server, run_page
-from websd.paths import TVMJS
+from browser import run_functions
 from conftest import DEFAULT_CONFIG, doit, layout_of, write_config
 from websd import relax_io
 from websd.components import load_component
 from websd.paths import Layout, model_folder
 from websd.kernels.attention import ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, flash_attention, plain_attention, sd15_specs, tile_config
-from websd.targets import tvm_target
+from websd.targets import kernel_source, tvm_target
 
 # (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
 # or 0 for (groups, tokens, head_dim)); small enough for the CPU, odd lengths on purpose.
@@ -104,67 +103,15 @@ def kernel_module(specs: dict[str, AttentionSpec], kernel) -> tvm.IRModule:
     return bb.get()
 
 
-PAGE = """<!doctype html>
-<script src="tvmjs.js"></script>
-<script>
-async function run() {
-  const gpu = await tvmjs.detectGPUDevice();
-  if (gpu === undefined) throw new Error("no WebGPU adapter");
-  const wasm = await (await fetch("kernels.wasm")).arrayBuffer();
-  const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), console.log);
-  tvm.initWebGPU(gpu.device);
-  tvm.beginScope();
-  const dev = tvm.webgpu();
-  const vm = tvm.createVirtualMachine(dev);
-  await tvm.asyncLoadWebGPUPipelines(vm.getInternalModule());
-  const cases = await (await fetch("cases.json")).json();
-  const outputs = {};
-  for (const c of cases) {
-    const args = [];
-    for (const input of c.inputs) {
-      const data = new Float32Array(await (await fetch(input.file)).arrayBuffer());
-      args.push(tvm.empty(input.shape, "float32", dev).copyFrom(data));
-    }
-    const out = vm.getFunction(c.name)(...args);
-    const host = tvm.empty(out.shape, "float32", tvm.cpu()).copyFrom(out);
-    await dev.sync();
-    outputs[c.name] = Array.from(host.toArray());
-  }
-  tvm.endScope();
-  return outputs;
-}
-run().then(r => { window.__result = r; }, e => { window.__error = String(e && e.stack || e); });
-</script>
-"""
-
-
 @pytest.fixture(scope="module")
 def webgpu_outputs(tmp_path_factory, browser) -> dict:
     """Every case's kernel, compiled for webgpu into one wasm, run once in Chromium."""
-    from stages.build_runtime import runtime_dir
-    from websd.wasm import RUNTIME_OBJECTS, export_wasm
-
-    runtime = runtime_dir()
-    if not all((runtime / name).is_file() for name in RUNTIME_OBJECTS):
-        pytest.fail(f"{runtime} lacks the web runtime: build it with `doit build_runtime`")
-    folder = tmp_path_factory.mktemp("attention-webgpu")
     specs = {case_id(case): make_spec(*case) for case in CASES}
     executable = tvm.compile(kernel_module(specs, flash_attention), tvm_target("webgpu"))
-    stats = export_wasm(executable, folder / "kernels.wasm", runtime)
-    assert stats["wgsl_kernels"] == len(specs)
-    cases, expected = [], {}
-    for name, spec in specs.items():
-        arrays = inputs(spec)
-        for label, array in zip("qkv", arrays):
-            array.tofile(folder / f"{name}_{label}.bin")
-        cases.append({"name": name, "inputs": [{"file": f"{name}_{label}.bin", "shape": list(a.shape)} for label, a in zip("qkv", arrays)]})
-        expected[name] = reference(spec, *arrays)
-    (folder / "cases.json").write_text(json.dumps(cases))
-    (folder / "index.html").write_text(PAGE)
-    shutil.copy(TVMJS, folder / "tvmjs.js")
-    with http_server(folder) as url:
-        got = run_page(browser, url + "index.html")
-    return {name: (np.array(got[name], np.float32).reshape(specs[name].out.shape), expected[name]) for name in specs}
+    arrays = {name: inputs(spec) for name, spec in specs.items()}
+    got = run_functions(browser, tmp_path_factory.mktemp("attention-webgpu"), {"kernels.wasm": executable},
+                        {("kernels.wasm", name): arrays[name] for name in specs})
+    return {name: (got["kernels.wasm", name].reshape(spec.out.shape), reference(spec, *arrays[name])) for name, spec in specs.items()}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -320,15 +267,6 @@ def test_unet_allocates_no_scores_tensor(tmp_path: Path) -> None:
 # --- the GPU kernel builds for every SD 1.5 shape ---------------------------------------------
 
 
-def _sources(executable, kind: str) -> str:
-    def modules(m):
-        yield m
-        for imported in m.imports:
-            yield from modules(imported)
-
-    return "".join(m.inspect_source() for m in modules(executable.mod) if m.kind == kind)
-
-
 @pytest.fixture(scope="module")
 def sd15() -> dict[str, AttentionSpec]:
     specs = sd15_specs(2)  # the text encoder and the VAE run at batch 1 either way
@@ -337,7 +275,7 @@ def sd15() -> dict[str, AttentionSpec]:
 
 
 def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
-    wgsl = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("webgpu")), "webgpu")
+    wgsl = kernel_source(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("webgpu")), "webgpu")
     kernels = wgsl.split("@compute")[1:]
     assert len(kernels) == len(sd15)
     for trap in ("i64", "f16", "i8", "inff", "2147483648i"):
@@ -352,7 +290,7 @@ def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
 
 def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
     """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: (almost) no register spills."""
-    source = _sources(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
+    source = kernel_source(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
     assert source.count("__global__") == 2 * len(sd15)  # declaration + definition
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not installed: TVM's CUDA source was generated, not compiled")

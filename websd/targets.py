@@ -80,3 +80,14 @@ def compile_planned(mod, target: str):
     import tvm
 
     return tvm.compile(mod, tvm_target(target), relax_pipeline=tvm.transform.Sequential(vm_lowering_passes()))
+
+
+def kernel_source(executable, kind: str) -> str:
+    """The device code of an executable's `kind` modules ("webgpu": WGSL, "cuda": CUDA C)."""
+
+    def modules(mod):
+        yield mod
+        for imported in mod.imports:
+            yield from modules(imported)
+
+    return "".join(m.inspect_source() for m in modules(executable.mod) if m.kind == kind)

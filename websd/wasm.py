@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from websd.atomic import atomic_path
+from websd.targets import kernel_source
 
 # The runtime bitcode create_tvmjs_wasm links into every model, by the names it looks for.
 RUNTIME_BITCODE = ("wasm_runtime.bc", "tvmjs_support.bc", "webgpu_runtime.bc")
@@ -20,22 +21,16 @@ RUNTIME_OBJECTS = tuple(name.replace(".bc", ".o") for name in RUNTIME_BITCODE)
 LINK_OPTIONS = ["-O2"]
 
 
-def _modules(mod) -> Iterator:
-    yield mod
-    for imported in mod.imports:
-        yield from _modules(imported)
-
-
 def webgpu_source(executable) -> str:
     """All WGSL of the executable; raises if no kernel went to the GPU."""
-    webgpu = [m for m in _modules(executable.mod) if m.kind == "webgpu"]
-    if not webgpu:
+    source = kernel_source(executable, "webgpu")
+    if not source:
         # tvm.compile for webgpu without GPU schedules succeeds and puts every kernel on the host.
         raise ValueError(
             "the executable has no webgpu module: every kernel was compiled for the wasm host. "
             "Apply GPU schedules (tvm.s_tir.dlight gpu rules inside `with target:`) before tvm.compile."
         )
-    return "".join(m.inspect_source() for m in webgpu)
+    return source
 
 
 _SCALAR_BYTES = {"f32": 4, "i32": 4, "u32": 4, "f16": 2}
