@@ -372,12 +372,14 @@ def run_all(args) -> dict:
     attempt("tvm-cuda", lambda profile: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
                                                            "params": str(bundle / "params"), "cuda_include": args.cuda_include,
                                                            "profile": profile}, work), profiled=True)
-    wasm_variants = {v: str(carry / "webgpu" / f"unet-{v}.wasm") for v in args.unet_variants}
-    for robustness in ROBUSTNESS:
+    # Variants built for CUDA only have no .wasm; they run in the profiled row alone.
+    wasm_variants = {v: str(path) for v in args.unet_variants if (path := carry / "webgpu" / f"unet-{v}.wasm").is_file()}
+    for robustness in args.robustness:
 
         def webgpu(profile, robustness=robustness):
+            variants = wasm_variants if robustness == PROFILED_WEBGPU else {}
             with PeakMemory() as memory:
-                result, image = run_webgpu(robustness, args.node, args.node_dir, bundle, wasm_variants, inputs, work, profile)
+                result, image = run_webgpu(robustness, args.node, args.node_dir, bundle, variants, inputs, work, profile)
             result["peak_gpu_memory_gib"] = memory.gib
             return result, image
 
@@ -456,7 +458,8 @@ def markdown(results: dict) -> str:
     ]
     for name, label in ROW_LABELS.items():
         if name not in rows:
-            lines.append(f"| {label} | did not run: {results['errors'].get(name, '?')} |||||||")
+            if name in results["errors"]:  # else the row was not asked for
+                lines.append(f"| {label} | did not run: {results['errors'][name]} |||||||")
             continue
         r = rows[name]
         lines.append(
@@ -469,7 +472,10 @@ def markdown(results: dict) -> str:
     for name, label in ROW_LABELS.items():
         if name in rows and "peak_gpu_memory_gib" in rows[name]:
             peak_gib = rows[name]["peak_gpu_memory_gib"]
-            lines.append(f"- {label}: {peak_gib} GiB, target {'met' if peak_gib <= results['memory_target_gib'] else 'not met'}")
+            # UNet variants load after the generation, each on a device of its own, while the
+            # build's own weights are still held.
+            variants = " (with the UNet variants loaded after it)" if rows[name].get("unet_variants") else ""
+            lines.append(f"- {label}: {peak_gib} GiB{variants}, target {'met' if peak_gib <= results['memory_target_gib'] else 'not met'}")
     lines += ["", "The static memory plan (MiB): weights, and activations per function:", ""]
     for component, plan in results["memory_plan_mib"].items():
         lines.append(f"- {component}: weights {plan['weights']}, activations " + ", ".join(f"{f} {mib}" for f, mib in plan["activations"].items()))
@@ -479,11 +485,11 @@ def markdown(results: dict) -> str:
         lines += [f"- {ROW_LABELS[name]}: required {rows[name]['required_limits']}; requested {rows[name]['requested_limits'] or 'nothing (the defaults)'}"
                   for name in webgpu_rows]
     lines += ["", "UNet step ratios (lower is faster for the first):", ""]
-    lines += [f"- {pair}: {ratio}" for pair, ratio in results["unet_step_ratios"].items()]
+    lines += [f"- {pair}: {ratio}" for pair, ratio in results["unet_step_ratios"].items() if ratio is not None]
     tuned = [(n, r) for n, r in rows.items() if r.get("unet_variants")]
     if tuned:
         lines += ["", "UNet step (ms) of other builds of the same graph, same run:", "", "| | " + " | ".join(
-            ["tuned (the build above)", *tuned[0][1]["unet_variants"]]) + " |", "|---|" + "---:|" * (1 + len(tuned[0][1]["unet_variants"]))]
+            ["the build above", *tuned[0][1]["unet_variants"]]) + " |", "|---|" + "---:|" * (1 + len(tuned[0][1]["unet_variants"]))]
         for name, r in tuned:
             cells = [f"{r['unet']['median_ms']:.1f}", *(f"{v['median_ms']:.1f}" for v in r["unet_variants"].values())]
             lines.append(f"| {ROW_LABELS[name]} | " + " | ".join(cells) + " |")
@@ -527,6 +533,8 @@ def main() -> None:
     parser.add_argument("--node-dir", type=Path, required=True, help="holds webgpu/, the npm package (bench/unpack_node.sh)")
     parser.add_argument("--cuda-include", required=True, help="a folder holding cuda/std/ (libcu++)")
     parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
+    parser.add_argument("--robustness", nargs="+", choices=ROBUSTNESS, default=list(ROBUSTNESS),
+                        help="the WebGPU rows: Dawn's robustness on (default) and off (disable_robustness)")
     parser.add_argument("--work", default="/tmp/websd-bench")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -1,9 +1,9 @@
 """Stage apply_db: a schedule for every kernel, per target.
 
-Kernels found in the MetaSchedule database get their tuned schedule: `<database>/<target>/`,
-where webgpu replays cuda's (websd.targets.TUNED_ON; records match kernels by structure).
-On GPU targets the rest get dlight's default GPU schedules (without any, a webgpu build
-silently puts every kernel on the wasm host). On llvm, dlight's CPU rules where they apply.
+Kernels found in the MetaSchedule database get their tuned schedule: `<database>/<target>/`
+(websd.targets.TUNED_ON: webgpu replays none).
+On GPU targets the rest get our schedule rules (websd/schedules/) and dlight's (without any,
+a webgpu build silently puts every kernel on the wasm host). On llvm, dlight's CPU rules where they apply.
 """
 
 from __future__ import annotations
@@ -20,14 +20,19 @@ from websd.targets import TUNED_ON, is_gpu, tvm_target
 
 def database_files(database: Path, target: str) -> list[Path]:
     """The tuning database the target replays, if one has been committed."""
-    return tuning_database(database / TUNED_ON[target])
+    return tuning_database(database / TUNED_ON[target]) if TUNED_ON[target] else []
 
 
-def default_schedule_rules(target: str) -> list:
+def default_schedule_rules(target: str, matmul_tile: str | None = None) -> list:
+    """The rules, first match wins: ours (websd/schedules/), then dlight's. `matmul_tile` gives
+    every matmul and convolution one tile of websd.schedules.matmul.TILES (to measure tiles
+    against each other) instead of a tile chosen per kernel."""
     from tvm.s_tir import dlight as dl
 
+    from websd.schedules.matmul import Matmul
+
     if is_gpu(target):
-        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+        return [Matmul(matmul_tile), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -53,7 +58,8 @@ def keep_compiling(tuned, untuned, target: str):
     return tuned
 
 
-def apply_db(module_in: Path, target: str, database: list[Path], default_schedules: bool, module_out: Path) -> None:
+def apply_db(module_in: Path, target: str, database: list[Path], default_schedules: bool, module_out: Path,
+             matmul_tile: str | None = None) -> None:
     from tvm import relax
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.meta_schedule.database import JSONDatabase
@@ -68,7 +74,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
             from_database = len(scheduled_kernels(mod))
         mod = schedule_attention(target)(mod)  # GPU targets: the hand-scheduled flash-attention kernel
         if default_schedules:
-            mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target))(mod)
+            mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target, matmul_tile))(mod)
     tuned = f"{from_database} kernels from the tuning database" if database else "no tuning database"
     print(f"apply_db: {module_in.parent.name}@{target}: {tuned}, default schedules {'on' if default_schedules else 'off'}")
     relax_io.save_module(mod, module_out)
@@ -87,5 +93,6 @@ def tasks(config: Config, layout: Layout):
                 targets=[layout.scheduled(component, target)],
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
-                sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py"),
+                sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py",
+                         WEBSD_DIR / "schedules" / "matmul.py"),
             )

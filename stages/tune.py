@@ -4,8 +4,8 @@ Not part of the build: `doit tune` runs on a machine with the tuning target's ha
 cuda, an NVIDIA GPU; `bench/tune_on_gpu.sh` runs this module there), or measures on TVM RPC
 servers that a tracker hands out (`serve` starts them, one per GPU), and merges the best
 schedule per kernel into `tuning_db/<target>/`, which is committed and which apply_db replays.
-The kernels are the legalized modules', before any target is chosen, so one database serves
-every target that replays it (websd.targets.TUNED_ON: webgpu replays cuda's).
+The kernels are the legalized modules', before any target is chosen, so a database could serve
+any target whose kernels it matches; which target replays which is websd.targets.TUNED_ON.
 """
 
 from __future__ import annotations

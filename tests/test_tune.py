@@ -79,10 +79,11 @@ def test_apply_db_replays_the_database(tuned) -> None:
     doit(f"config={config}", "apply_db:unet@llvm")
     tuned_kernels = scheduled_kernels(config, "llvm")
     assert len(tuned_kernels) == 2
-    # webgpu replays cuda's database: a record matches its kernel whatever target it was tuned on.
+    # webgpu replays no database (CUDA's records lost to our own schedules in Dawn), even where
+    # cuda's would match its kernels.
     shutil.copytree(database / "llvm", database / "cuda")
     doit(f"config={config}", "apply_db:unet@webgpu")
-    assert scheduled_kernels(config, "webgpu") == tuned_kernels
+    assert scheduled_kernels(config, "webgpu") == set()
 
 
 def test_failed_measurements_are_reported_and_never_stored(tuned) -> None:

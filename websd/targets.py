@@ -36,8 +36,10 @@ def tvm_target(name: str):
 
 
 # Which tuning database each target replays (tuning_db/<name>/). WebGPU has no native runner
-# to tune on; it replays CUDA's records, which are tuned within WebGPU's limits (tuning_target).
-TUNED_ON = {"llvm": "llvm", "cuda": "cuda", "webgpu": "cuda"}
+# to tune on, and replays none: the five CUDA-tuned records that matched its UNet, replayed in
+# Dawn on the H200, were 1.2-4.6x slower than this project's own schedules there
+# (bench/results/tile-sweep/profile-unet.md, 2026-11-27), though faster on CUDA.
+TUNED_ON = {"llvm": "llvm", "cuda": "cuda", "webgpu": None}
 TUNABLE = ("llvm", "cuda")
 # MetaSchedule's search strategies that doit tune offers (stages.tune picks the cost model).
 TUNING_STRATEGIES = ("evolutionary", "replay-trace")

@@ -1,0 +1,112 @@
+"""Our schedule rules (websd/schedules/): the matmul rule's tiles on convolutions and matmuls of
+awkward sizes against PyTorch in headless Chromium's WebGPU (one wasm per tile the rule chooses;
+SwiftShader takes minutes to compile each), every tile through the webgpu and cuda codegens,
+the GEMM it reads off each kernel, and the tiles it chooses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+
+from browser import run_functions
+from stages.apply_db import default_schedule_rules
+from stages.legalize import passes
+from websd.schedules.matmul import CHOSEN_FROM, CUDA_ONLY, DEEP, MIN_WORKGROUPS, TILES, Gemm, choose_tile, gemm_of, workgroups
+from websd.targets import kernel_source, tvm_target
+
+# name -> (input shape, weight shape, bias length, conv padding or None for a matmul); sizes that
+# no tile divides, and a bias and residual add fused after the product, as in the UNet.
+CASES = {
+    "conv3x3": ((2, 13, 19, 17), (24, 13, 3, 3), 24, 1),
+    "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, 0),
+    "matmul": ((3, 77, 50), (50, 70), 70, None),
+}
+
+
+def case_module() -> tvm.IRModule:
+    """One Relax function per case: product + bias + the input's first channels (residual)."""
+    bb = relax.BlockBuilder()
+    for name, (x_shape, w_shape, bias, conv_padding) in CASES.items():
+        x = relax.Var("x", relax.TensorType(x_shape, "float32"))
+        w = relax.Var("w", relax.TensorType(w_shape, "float32"))
+        b = relax.Var("b", relax.TensorType((bias,), "float32"))
+        with bb.function(name, [x, w, b]):
+            with bb.dataflow():
+                if conv_padding is None:
+                    out = bb.emit(relax.op.add(relax.op.matmul(x, w), b))
+                else:
+                    conv = bb.emit(relax.op.nn.conv2d(x, w, padding=conv_padding))
+                    out = bb.emit(relax.op.add(conv, relax.op.reshape(b, (1, bias, 1, 1))))
+                out = bb.emit_output(out)
+            bb.emit_func_output(out)
+    return tvm.transform.Sequential(passes())(bb.get())
+
+
+def inputs(name: str) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    x_shape, w_shape, bias, _ = CASES[name]
+    return [rng.standard_normal(s, dtype=np.float32) for s in (x_shape, w_shape, (bias,))]
+
+
+def reference(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x, w, b = (torch.from_numpy(a).double() for a in (x, w, b))
+    conv_padding = CASES[name][3]
+    if conv_padding is None:
+        return (x @ w + b).float().numpy()
+    return torch.nn.functional.conv2d(x, w, b, padding=conv_padding).float().numpy()
+
+
+def scheduled(tile: str | None, target: str = "webgpu") -> tvm.IRModule:
+    with tvm_target(target):
+        return dl.ApplyDefaultSchedule(*default_schedule_rules(target, tile))(case_module())
+
+
+@pytest.fixture(scope="module")
+def webgpu_outputs(tmp_path_factory, browser) -> dict:
+    """Every case with each tile the rule chooses from, one wasm per tile."""
+    wasms = {f"{tile}.wasm": tvm.compile(scheduled(tile), tvm_target("webgpu")) for tile in CHOSEN_FROM}
+    arrays = {name: inputs(name) for name in CASES}
+    got = run_functions(browser, tmp_path_factory.mktemp("schedules-webgpu"), wasms,
+                        {(wasm, name): arrays[name] for wasm in wasms for name in CASES})
+    return {key: (value, reference(key[1], *arrays[key[1]])) for key, value in got.items()}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("tile", CHOSEN_FROM)
+def test_chosen_tiles_match_pytorch_in_chromium_webgpu(webgpu_outputs, tile, name) -> None:
+    got, want = webgpu_outputs[f"{tile}.wasm", name]
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("tile", "target"), [(tile, target) for tile in TILES for target in ("webgpu", "cuda")
+                                               if not (target == "webgpu" and tile in CUDA_ONLY)])
+def test_every_tile_builds(tile, target) -> None:
+    source = kernel_source(tvm.compile(scheduled(tile, target), tvm_target(target)), target)
+    assert source.count("@compute" if target == "webgpu" else "__global__") >= len(CASES)
+
+
+def test_gemm_of_reads_the_implicit_gemm() -> None:
+    mod = case_module()
+    gemms = {gv.name_hint: gemm_of(f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    # conv3x3: rows = batch x output pixels, columns = output channels, depth = in channels x 3 x 3
+    assert Gemm(1, 2 * 19 * 17, 24, 13 * 9) in gemms.values()
+    assert Gemm(1, 81, 33, 40) in gemms.values()
+    assert Gemm(1, 3 * 77, 70, 50) in gemms.values()
+
+
+def test_chosen_tiles_follow_the_measurements() -> None:
+    # (SD 1.5 products at 512x512, tile that won on the H200: bench/results/tile-sweep/profile-unet-variants.md)
+    for gemm, tile in ((Gemm(1, 8192, 320, 2880), "64x64"), (Gemm(1, 2048, 640, 5760), "64x64"),
+                       (Gemm(1, 128, 1280, 11520), "64x64"),  # few workgroups, but deep
+                       (Gemm(1, 512, 1280, 1280), "32x32"), (Gemm(1, 154, 1280, 768), "32x32"), (Gemm(1, 2, 1280, 320), "32x32")):
+        assert choose_tile(gemm) == tile, gemm
+        assert (workgroups(gemm, TILES["64x64"]) < MIN_WORKGROUPS and gemm.depth <= DEEP) == (tile == "32x32")
+
+
+def test_unknown_tile_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown matmul tile '7x7' \\(allowed: dlight-generic"):
+        default_schedule_rules("webgpu", "7x7")
