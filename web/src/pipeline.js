@@ -92,6 +92,29 @@ export async function requestDevice(gpu, requiredLimits, { adapterOptions = {}, 
 const now = () => performance.now();
 const round3 = (x) => Math.round(x * 1000) / 1000;
 
+// tvmjs encodes every dispatch of a call into one command buffer and submits it at the next
+// sync, so the GPU waits while JS encodes the whole call: about 50 us a dispatch in Dawn, 48 of
+// the 270 ms of an SD 1.5 UNet step on an H200 (bench/results/tile-sweep/profile-unet.md). Submitting
+// every SUBMIT_EVERY dispatches lets the GPU run the first ones while the rest are encoded.
+const SUBMIT_EVERY = 64;
+
+/**
+ * Makes tvmjs's WebGPU context submit its commands every SUBMIT_EVERY dispatches. Its dispatch
+ * counter (shaderSubmitCounter) goes up once a dispatch is fully encoded, so a submit there
+ * never splits one; a uniform buffer the next dispatches reuse is rewritten by
+ * queue.writeBuffer, which the queue orders after the commands already submitted.
+ */
+function submitAsEncoded(context) {
+  let dispatches = context.shaderSubmitCounter;
+  Object.defineProperty(context, "shaderSubmitCounter", {
+    get: () => dispatches,
+    set: (value) => {
+      dispatches = value;
+      if (value % SUBMIT_EVERY === 0) context.flushCommands();
+    },
+  });
+}
+
 /**
  * One compiled component (manifest entry `spec`) in its own tvmjs instance on `device`: its VM,
  * its WGSL kernels compiled and its weights on the GPU (`loadWeights(tvm, dev, name, spec)`
@@ -103,6 +126,7 @@ export async function loadComponent({ tvmjs, device, name, spec, wasm, loadWeigh
   let started = now();
   const tvm = await tvmjs.instantiate(new Uint8Array(wasm), tvmjs.createPolyfillWASI(), log);
   tvm.initWebGPU(device);
+  submitAsEncoded(tvm.lib.webGPUContext);
   tvm.beginScope(); // the outermost scope: keeps the VM and the weights alive with the pipeline
   const dev = tvm.webgpu();
   const vm = tvm.createVirtualMachine(dev);
