@@ -3,7 +3,7 @@
 TVM lowers `nn.group_norm` on (N, C, H, W) to one kernel whose only parallel axis the GPU
 schedules can find is N (the group is `c // (C/groups)`, not an axis): SD's UNet then reduces
 each of its 32 groups in turn on 2 thread blocks, about 60% of the whole step on an H200
-(bench/results/profile-cuda.md). With the groups as an axis of their own, the mean and
+(bench/results/profile-cuda-synced-2026-11-26.md). With the groups as an axis of their own, the mean and
 variance are reductions with N x groups outputs, and the rest is elementwise.
 """
 
