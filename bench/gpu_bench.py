@@ -546,6 +546,7 @@ def main() -> None:
     (args.out / "gpu-bench.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "gpu-bench.md").write_text(markdown(results))
     chart(results, args.out / "gpu-bench.png")
+    (args.out / "gpu-bench.partial.json").unlink(missing_ok=True)  # only for a run cut short
     print(markdown(results))
 
 

@@ -3,7 +3,7 @@
 #   run: bash bench/gpu_bench.sh [config] [unet variants...]   carry: ["bench/.carry"]
 # Unpacks bench/.carry (bench/pack_gpu.sh): the cuda libraries and the WebGPU bundle, whose
 # weights bench/gpu_bench.py makes there from the config's seed; leaves gpu-bench.{json,md,png}
-# and its log in $OUT.
+# and its log in $OUT, and the per-kernel profiles as profiles.tar.gz.
 set -euo pipefail
 source bench/gpu_env.sh
 config=${1:-config/sd-v1-5-random.yaml}
@@ -21,3 +21,7 @@ tar -xJf "$carry/dist.tar.xz" -C "$work/carry/dist"
 
 python3 bench/gpu_bench.py --config "$config" --carry "$work/carry" --node "$node" --node-dir "$work/node" \
   --cuda-include "$work/cccl" --unet-variants "$@" --out "$OUT" 2>&1 | tee "$OUT/gpu-bench.log"
+# The device tool brings back at most 8 files of $OUT: the per-kernel profiles come as one.
+if compgen -G "$OUT/profile-*" >/dev/null; then
+  (cd "$OUT" && tar -czf profiles.tar.gz profile-* && rm -f profile-*)
+fi
