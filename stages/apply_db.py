@@ -30,9 +30,10 @@ def default_schedule_rules(target: str, matmul_tile: str | None = None) -> list:
     from tvm.s_tir import dlight as dl
 
     from websd.schedules.matmul import Matmul
+    from websd.schedules.reduction import GeneralReduction, Reduction
 
     if is_gpu(target):
-        return [Matmul(matmul_tile), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+        return [Matmul(matmul_tile), dl.gpu.GEMV(), Reduction(), GeneralReduction(), dl.gpu.Fallback()]
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -94,5 +95,5 @@ def tasks(config: Config, layout: Layout):
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
                 sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py",
-                         WEBSD_DIR / "schedules" / "matmul.py"),
+                         WEBSD_DIR / "schedules" / "matmul.py", WEBSD_DIR / "schedules" / "reduction.py"),
             )

@@ -1,9 +1,12 @@
 """Our schedule rules (websd/schedules/): the matmul rule's tiles on convolutions and matmuls of
-awkward sizes against PyTorch in headless Chromium's WebGPU (one wasm per tile the rule chooses;
-SwiftShader takes minutes to compile each), every tile through the webgpu and cuda codegens,
-the GEMM it reads off each kernel, and the tiles it chooses."""
+awkward sizes, and the reduction rule on a GroupNorm, against PyTorch in headless Chromium's
+WebGPU (one wasm per tile the rule chooses; SwiftShader takes minutes to compile each), every
+tile through the webgpu and cuda codegens, the GEMM the matmul rule reads off each kernel, the
+tiles it chooses, and the reduction rule's workgroup size."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -25,11 +28,21 @@ CASES = {
     "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, 0),
     "matmul": ((3, 77, 50), (50, 70), 70, None),
 }
+# A GroupNorm (input shape, groups), as SplitGroupNorm rewrites it: reductions per group.
+GROUP_NORM = ((2, 64, 24, 24), 32)  # 1152 values a group: more than a workgroup's threads
+NAMES = [*CASES, "group_norm"]
 
 
 def case_module() -> tvm.IRModule:
-    """One Relax function per case: product + bias + the input's first channels (residual)."""
+    """One Relax function per case: product + bias (fused after it, as in the UNet); and the
+    GroupNorm."""
     bb = relax.BlockBuilder()
+    (x_shape, groups), channels = GROUP_NORM, GROUP_NORM[0][1]
+    x, gamma, beta = (relax.Var(n, relax.TensorType(s, "float32")) for n, s in (("x", x_shape), ("gamma", (channels,)), ("beta", (channels,))))
+    with bb.function("group_norm", [x, gamma, beta]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.group_norm(x, gamma, beta, num_groups=groups, channel_axis=1, axes=[2, 3]))
+        bb.emit_func_output(out)
     for name, (x_shape, w_shape, bias, conv_padding) in CASES.items():
         x = relax.Var("x", relax.TensorType(x_shape, "float32"))
         w = relax.Var("w", relax.TensorType(w_shape, "float32"))
@@ -48,12 +61,18 @@ def case_module() -> tvm.IRModule:
 
 def inputs(name: str) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
+    if name == "group_norm":
+        x_shape = GROUP_NORM[0]
+        return [3 + 2 * rng.standard_normal(x_shape, dtype=np.float32),  # off-centre, as activations are
+                *(rng.standard_normal((x_shape[1],), dtype=np.float32) for _ in range(2))]
     x_shape, w_shape, bias, _ = CASES[name]
     return [rng.standard_normal(s, dtype=np.float32) for s in (x_shape, w_shape, (bias,))]
 
 
 def reference(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     x, w, b = (torch.from_numpy(a).double() for a in (x, w, b))
+    if name == "group_norm":
+        return torch.nn.functional.group_norm(x, GROUP_NORM[1], w, b).float().numpy()
     conv_padding = CASES[name][3]
     if conv_padding is None:
         return (x @ w + b).float().numpy()
@@ -69,13 +88,13 @@ def scheduled(tile: str | None, target: str = "webgpu") -> tvm.IRModule:
 def webgpu_outputs(tmp_path_factory, browser) -> dict:
     """Every case with each tile the rule chooses from, one wasm per tile."""
     wasms = {f"{tile}.wasm": tvm.compile(scheduled(tile), tvm_target("webgpu")) for tile in CHOSEN_FROM}
-    arrays = {name: inputs(name) for name in CASES}
+    arrays = {name: inputs(name) for name in NAMES}
     got = run_functions(browser, tmp_path_factory.mktemp("schedules-webgpu"), wasms,
-                        {(wasm, name): arrays[name] for wasm in wasms for name in CASES})
+                        {(wasm, name): arrays[name] for wasm in wasms for name in NAMES})
     return {key: (value, reference(key[1], *arrays[key[1]])) for key, value in got.items()}
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("tile", CHOSEN_FROM)
 def test_chosen_tiles_match_pytorch_in_chromium_webgpu(webgpu_outputs, tile, name) -> None:
     got, want = webgpu_outputs[f"{tile}.wasm", name]
@@ -110,3 +129,10 @@ def test_chosen_tiles_follow_the_measurements() -> None:
 def test_unknown_tile_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown matmul tile '7x7' \\(allowed: dlight-generic"):
         default_schedule_rules("webgpu", "7x7")
+
+
+def test_reductions_get_256_threads_on_webgpu() -> None:
+    """dlight alone gives webgpu 64 threads (websd/schedules/reduction.py); WebGPU allows 256."""
+    wgsl = kernel_source(tvm.compile(scheduled(None), tvm_target("webgpu")), "webgpu")
+    reductions = [k for k in wgsl.split("@compute")[1:] if re.search(r"fn fused_(mean|variance)", k)]
+    assert reductions and all("@workgroup_size(256, 1, 1)" in "@compute" + k for k in reductions)

@@ -38,7 +38,7 @@ TILES = {
     # Ours. Each row of a staged tile is padded (storage_align): threads that read a column of
     # it hit different banks of workgroup memory. Depth 8 per stage: 16 was faster on the H200
     # (UNet step 176.6 against 199.3 ms in WebGPU, 123.6 against 136.8 natively;
-    # bench/results/gpu-bench.md, variant k16), but Chrome's SwiftShader adapter loses its
+    # bench/results/tile-sweep/k16/gpu-bench.md), but Chrome's SwiftShader adapter loses its
     # device compiling such kernels, and the page with them (tests/test_browser.py).
     "32x32": Config(block_size_x=8, block_size_y=8, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
