@@ -410,9 +410,9 @@ def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
     ratios = {}
     for robustness in ROBUSTNESS:
         webgpu = step(f"webgpu-{robustness}")
-        ratios[f"webgpu-{robustness} / pytorch-fp32-no-tf32"] = _ratio(webgpu, step("pytorch-fp32-no-tf32"))
-        ratios[f"webgpu-{robustness} / tvm-cuda"] = _ratio(webgpu, step("tvm-cuda"))
-    ratios["tvm-cuda / pytorch-fp32-no-tf32"] = _ratio(step("tvm-cuda"), step("pytorch-fp32-no-tf32"))
+        ratios[f"webgpu-{robustness} / pytorch-fp32-no-tf32"] = profile_tables.ratio(webgpu, step("pytorch-fp32-no-tf32"))
+        ratios[f"webgpu-{robustness} / tvm-cuda"] = profile_tables.ratio(webgpu, step("tvm-cuda"))
+    ratios["tvm-cuda / pytorch-fp32-no-tf32"] = profile_tables.ratio(step("tvm-cuda"), step("pytorch-fp32-no-tf32"))
     return {
         "card": pynvml.nvmlDeviceGetName(handle),
         "driver": pynvml.nvmlSystemGetDriverVersion(),
@@ -429,10 +429,6 @@ def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
         "unet_step_ratios": ratios,
         "errors": errors,
     }
-
-
-def _ratio(a, b):
-    return round(a / b, 2) if a and b else None
 
 
 ROW_LABELS = {

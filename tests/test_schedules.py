@@ -22,7 +22,7 @@ from websd.schedules.matmul import CHOSEN_FROM, CUDA_ONLY, DEEP, MIN_WORKGROUPS,
 from websd.targets import kernel_source, tvm_target
 
 # name -> (input shape, weight shape, bias length, conv padding or None for a matmul); sizes that
-# no tile divides, and a bias and residual add fused after the product, as in the UNet.
+# no tile divides, and a bias add fused after the product, as in the UNet.
 CASES = {
     "conv3x3": ((2, 13, 19, 17), (24, 13, 3, 3), 24, 1),
     "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, 0),
@@ -37,8 +37,8 @@ def case_module() -> tvm.IRModule:
     """One Relax function per case: product + bias (fused after it, as in the UNet); and the
     GroupNorm."""
     bb = relax.BlockBuilder()
-    (x_shape, groups), channels = GROUP_NORM, GROUP_NORM[0][1]
-    x, gamma, beta = (relax.Var(n, relax.TensorType(s, "float32")) for n, s in (("x", x_shape), ("gamma", (channels,)), ("beta", (channels,))))
+    x_shape, groups = GROUP_NORM
+    x, gamma, beta = (relax.Var(n, relax.TensorType(s, "float32")) for n, s in (("x", x_shape), ("gamma", x_shape[1:2]), ("beta", x_shape[1:2])))
     with bb.function("group_norm", [x, gamma, beta]):
         with bb.dataflow():
             out = bb.emit_output(relax.op.nn.group_norm(x, gamma, beta, num_groups=groups, channel_axis=1, axes=[2, 3]))

@@ -137,7 +137,10 @@ class Matmul(dl.gpu.Matmul):
         self.tile = tile
 
     def apply(self, func, target, tunable):
-        gemm = gemm_of(func) if self.tile is None else None
-        if self.tile is None and gemm is None:
-            return super().apply(func, target, tunable)
-        return _Tiled(TILES[self.tile or choose_tile(gemm)]).apply(func, target, tunable)
+        tile = self.tile
+        if tile is None:
+            gemm = gemm_of(func)
+            if gemm is None:  # not a GEMM we can read: dlight's rule decides, with its configuration
+                return super().apply(func, target, tunable)
+            tile = choose_tile(gemm)
+        return _Tiled(TILES[tile]).apply(func, target, tunable)
