@@ -1,0 +1,71 @@
+"""SplitK (websd/passes/split_k.py): which convolutions it splits, the kernels it makes, and
+their results against PyTorch on llvm (in Chromium's WebGPU: tests/test_schedules.py's
+`conv3x3_deep` case)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from stages.legalize import passes
+from websd.schedules.matmul import Gemm, gemm_of
+from websd.passes.split_k import splits_for
+
+# (input shape, weight shape, stride, padding): deep convolutions with small outputs, as at
+# SD's 16x16 and 8x8 latents (a strided one, as in its downsamplers), and a wide one.
+CASES = {
+    "deep": ((1, 512, 4, 4), (32, 512, 3, 3), 1, 1),
+    "deep_strided": ((2, 256, 9, 9), (24, 256, 3, 3), 2, 1),
+    "wide": ((1, 16, 40, 40), (64, 16, 3, 3), 1, 1),
+}
+
+
+def module(name: str) -> tvm.IRModule:
+    """conv2d + bias + residual, legalized by the build's passes."""
+    x_shape, w_shape, stride, padding = CASES[name]
+    bb = relax.BlockBuilder()
+    x, w = relax.Var("x", relax.TensorType(x_shape, "float32")), relax.Var("w", relax.TensorType(w_shape, "float32"))
+    b = relax.Var("b", relax.TensorType((w_shape[0],), "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            conv = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding))
+            out = bb.emit(relax.op.add(conv, relax.op.reshape(b, (1, w_shape[0], 1, 1))))
+            out = bb.emit_output(relax.op.multiply(out, out))
+        bb.emit_func_output(out)
+    return tvm.transform.Sequential(passes())(bb.get())
+
+
+def kernels(mod: tvm.IRModule) -> dict:
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_sd15_convolutions_split_as_measured() -> None:
+    # rows (batch x output pixels), output channels, depth (input channels x 3 x 3), input channels
+    assert splits_for(128, 1280, 11520, 1280) == 16  # 8x8 latents: 40 tiles of 64x64 -> 640
+    assert splits_for(512, 1280, 11520, 1280) == 4  # 16x16: 160 -> 640
+    assert splits_for(128, 1280, 2560, 2560) == 4  # 1x1, shallow: each split keeps 640 deep
+    assert splits_for(8192, 320, 2880, 320) == 1  # 64x64 latents: 640 tiles already
+
+
+def test_deep_convolutions_become_a_batched_gemm_and_an_elementwise_sum() -> None:
+    mod = kernels(module("deep"))
+    # 4608 deep (512 x 3 x 3), 16 output pixels x 32 channels: one tile -> 8 splits of 576
+    assert gemm_of(mod["conv2d_split"]) == Gemm(8, 16, 32, 576)
+    # the bias and the epilogue fuse into the sum, not into the partial products
+    assert set(mod) == {"conv2d_split", "fused_sum_splits_reshape_add_multiply"}
+    assert "fused_conv2d_add_multiply" in kernels(module("wide"))  # unsplit: 625 tiles
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_results_match_pytorch_on_llvm(name) -> None:
+    x_shape, w_shape, stride, padding = CASES[name]
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s, dtype=np.float32) for s in (x_shape, w_shape, (w_shape[0],))]
+    vm = relax.VirtualMachine(tvm.compile(module(name), "llvm"), tvm.cpu())
+    got = vm["main"](*map(tvm.runtime.tensor, arrays)).numpy()
+    x, w, b = (torch.from_numpy(a).double() for a in arrays)
+    want = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding).square().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,118 @@
+"""SplitK: deep convolutions with few output tiles split their reduction across workgroups.
+
+Each workgroup of the matmul rule (websd/schedules/matmul.py) computes one tile of a GEMM's
+output, however deep its reduction. SD 1.5's convolutions at 16x16 and 8x8 latents have
+small outputs and deep reductions: at batch 2, 128 rows x 1280 columns x 11520 (1280
+channels x 3 x 3) is 40 tiles of 64x64 for a GPU of 132 multiprocessors, and they ran at 2
+TFLOP/s where the UNet's wide convolutions reach 12 (H200, bench/results/profile-unet.md).
+Such a convolution becomes two kernels:
+
+    partial[n, s, o, y, x] = sum over the input channels of split s (and the 3x3 window)
+    out[n, o, y, x]        = partial[n, 0, o, y, x] + ... + partial[n, S - 1, o, y, x]
+
+The first is still one implicit GEMM for the matmul rule, batched over the S splits (S times
+the workgroups); the second is elementwise, so FuseOps fuses the convolution's epilogue (bias,
+residual, scale) into it. The sums over input channels are reassociated: results differ from
+PyTorch's by rounding only.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from websd.schedules.matmul import MIN_WORKGROUPS, TILES, Gemm, workgroups
+
+# Split until the 64x64 tiles fill a large GPU twice over (four workgroups a multiprocessor of
+# an H100 or H200, where the UNet's wide convolutions have 640 and more) ...
+FILL = 2 * MIN_WORKGROUPS
+# ... while each split still reduces over at least this much (64 channels of a 3x3 window).
+MIN_SPLIT_DEPTH = 576
+
+
+@functools.cache
+def _conv2d_op():
+    return tvm.ir.Op.get("relax.nn.conv2d")
+
+
+def splits_for(rows: int, cols: int, depth: int, channels: int) -> int:
+    """The number of splits of a convolution's input channels: a power of two that divides them."""
+    splits = 1
+    while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES["64x64"]) < FILL
+           and depth // (2 * splits) >= MIN_SPLIT_DEPTH and channels % (2 * splits) == 0):
+        splits *= 2
+    return splits
+
+
+def _partial_conv2d(data, weight, splits: int, out_shape, strides, padding, dilation):
+    from tvm import te, topi
+
+    channels = data.shape[1] // splits
+    top, left, bottom, right = padding
+    padded = topi.nn.pad(data, [0, 0, top, left], [0, 0, bottom, right], name="pad")
+    c = te.reduce_axis((0, channels), "c")
+    ky = te.reduce_axis((0, weight.shape[2]), "ky")
+    kx = te.reduce_axis((0, weight.shape[3]), "kx")
+    n, o, height, width = out_shape
+    return te.compute(
+        (n, splits, o, height, width),
+        lambda b, s, f, y, x: te.sum(
+            padded[b, s * channels + c, y * strides[0] + ky * dilation[0], x * strides[1] + kx * dilation[1]]
+            * weight[f, s * channels + c, ky, kx], axis=[c, ky, kx]),
+        name="conv2d_split",
+    )
+
+
+def _sum_splits(partial):
+    from tvm import te
+
+    n, splits, o, height, width = partial.shape
+    return te.compute((n, o, height, width),
+                      lambda b, f, y, x: functools.reduce(operator.add, (partial[b, s, f, y, x] for s in range(int(splits)))),
+                      name="sum_splits")
+
+
+def _static_shape(expr) -> list[int] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return [int(d) for d in ty.shape.values]
+    except (TypeError, AttributeError):
+        return None
+
+
+@mutator
+class _Splitter(PyExprMutator):
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call, relax.Call) and call.op.same_as(_conv2d_op())):
+            return call
+        data, weight = call.args
+        attrs = call.attrs
+        shapes = [_static_shape(e) for e in (data, weight, call)]
+        if (None in shapes or int(attrs.groups) != 1 or data.ty.dtype != "float32" or call.ty.dtype != "float32"
+                or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
+            return call
+        (_, channels, _, _), (_, _, ky, kx), (n, o, height, width) = shapes
+        splits = splits_for(n * height * width, o, channels * ky * kx, channels)
+        if splits == 1:
+            return call
+        ints = lambda values: [int(v) for v in values]  # noqa: E731
+        partial = self.builder_.emit(self.builder_.call_te(
+            _partial_conv2d, data, weight, splits, shapes[2], ints(attrs.strides), ints(attrs.padding), ints(attrs.dilation),
+            primfunc_name_hint="conv2d_split"))
+        return self.builder_.call_te(_sum_splits, partial, primfunc_name_hint="sum_splits")
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitK")
+def split_k(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    splitter = _Splitter(mod)
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            splitter.builder_.update_func(gv, splitter.visit_expr(func))
+    return splitter.builder_.get()
