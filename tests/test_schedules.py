@@ -1,5 +1,5 @@
 """Our schedule rules (websd/schedules/): the matmul rule's tiles on convolutions and matmuls of
-awkward sizes, and the reduction rule on a GroupNorm, against PyTorch in headless Chromium's
+awkward sizes (one split by SplitK), and the reduction rule on a GroupNorm, against PyTorch in headless Chromium's
 WebGPU (one wasm per tile the rule chooses; SwiftShader takes minutes to compile each), every
 tile through the webgpu and cuda codegens, the GEMM the matmul rule reads off each kernel, the
 tiles it chooses, and the reduction rule's workgroup size."""
@@ -18,7 +18,7 @@ from tvm.s_tir import dlight as dl
 from browser import run_functions
 from stages.apply_db import default_schedule_rules
 from stages.legalize import passes
-from websd.schedules.matmul import CHOSEN_FROM, CUDA_ONLY, DEEP, MIN_WORKGROUPS, TILES, Gemm, choose_tile, gemm_of, workgroups
+from websd.schedules.matmul import ALL_TILES, CHOSEN_FROM, CUDA_ONLY, DEEP, MIN_WORKGROUPS, TILES, Gemm, choose_tile, gemm_of, workgroups
 from websd.targets import kernel_source, tvm_target
 
 # name -> (input shape, weight shape, bias length, conv padding or None for a matmul); sizes that
@@ -27,6 +27,8 @@ CASES = {
     "conv3x3": ((2, 13, 19, 17), (24, 13, 3, 3), 24, 1),
     "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, 0),
     "matmul": ((3, 77, 50), (50, 70), 70, None),
+    # deep with a small output: SplitK makes it a batched GEMM and a sum (tests/test_split_k.py)
+    "conv3x3_deep": ((1, 512, 4, 4), (32, 512, 3, 3), 32, 1),
 }
 # A GroupNorm (input shape, groups), as SplitGroupNorm rewrites it: reductions per group.
 GROUP_NORM = ((2, 64, 24, 24), 32)  # 1152 values a group: more than a workgroup's threads
@@ -101,7 +103,7 @@ def test_chosen_tiles_match_pytorch_in_chromium_webgpu(webgpu_outputs, tile, nam
     np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("tile", "target"), [(tile, target) for tile in TILES for target in ("webgpu", "cuda")
+@pytest.mark.parametrize(("tile", "target"), [(tile, target) for tile in ALL_TILES for target in ("webgpu", "cuda")
                                                if not (target == "webgpu" and tile in CUDA_ONLY)])
 def test_every_tile_builds(tile, target) -> None:
     source = kernel_source(tvm.compile(scheduled(tile, target), tvm_target(target)), target)
