@@ -43,6 +43,7 @@ PROMPT, NEGATIVE_PROMPT = "a photo of an astronaut riding a horse on mars", ""
 TORCH_MODES = ("fp32-no-tf32", "fp32-tf32", "fp16")
 ROBUSTNESS = {"default": [], "disable_robustness": ["enable-dawn-features=disable_robustness"]}
 PROFILED_WEBGPU = "default"  # the WebGPU row that also profiles its kernels
+WORK = Path("/tmp/websd-bench")  # the model, requests, results and images of each engine
 
 
 def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
@@ -102,11 +103,12 @@ def run_logged(command: list[str]) -> None:
 # --- the shared inputs: model, weights in each build's order, the prompt's ids ----------------
 
 
-def prepare(config: Config, bundle: Path, work: Path) -> dict:
+def prepare(config: Config, bundle: Path, work: Path, shard_cap_mb: int = 512, encode_format: str = "raw") -> dict:
     """The random-weight model from the config's seed (as make_model builds it), each
     component's weights written into the WebGPU bundle as the tensor cache its build takes (the
     weights its cache's `param_names` names, in that order; the CUDA build takes the same), the
-    prompt's ids and each component's functions (the bundle's manifest)."""
+    prompt's ids and each component's functions (the bundle's manifest). The page's benchmark
+    (chromium_bench.py) shards them as the config's shard_params does."""
     from stages.make_model import make_random_model
     from websd import relax_io
     from websd.components import load_component
@@ -122,7 +124,7 @@ def prepare(config: Config, bundle: Path, work: Path) -> dict:
         cache = bundle / "params" / name
         weights = {n: p.numpy() for n, p in load_component(name, model).named_parameters()}
         selected = relax_io.select_weights(weights, relax_io.tensor_cache_param_names(cache))
-        relax_io.save_tensor_cache(name, selected, cache, shard_cap_mb=512, encode_format="raw")
+        relax_io.save_tensor_cache(name, selected, cache, shard_cap_mb=shard_cap_mb, encode_format=encode_format)
     manifest = json.loads((bundle / "manifest.json").read_text())
     return {
         "model": str(model),
@@ -343,7 +345,7 @@ def engine_main(engine: str, request: Path) -> None:
 
 def run_all(args) -> dict:
     config = load_config(args.config)
-    work = Path(args.work)
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     carry = args.carry
     bundle = carry / "dist"  # the WebGPU bundle; its params/ get the weights, which the CUDA build shares
@@ -531,7 +533,7 @@ def main() -> None:
     parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
     parser.add_argument("--robustness", nargs="+", choices=ROBUSTNESS, default=list(ROBUSTNESS),
                         help="the WebGPU rows: Dawn's robustness on (default) and off (disable_robustness)")
-    parser.add_argument("--work", default="/tmp/websd-bench")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
