@@ -15,6 +15,7 @@ profile-<component>.{md,json} (bench/profile_tables.py). A row whose profile fai
 without it.
 
     python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --out $OUT
+    python3 bench/gpu_bench.py merge-chromium chromium.json bench/results   # chromium_bench.py's row into gpu-bench.{json,md}
 """
 
 from __future__ import annotations
@@ -465,6 +466,8 @@ def markdown(results: dict) -> str:
             f"| {r['text_encoder']['median_ms']:.2f} | {r['vae_decoder']['median_ms']:.1f} | {r['generation']['median_ms']:.0f} "
             f"| {r['peak_gpu_memory_gib']} | {r.get('max_pixel_diff_vs_pytorch_fp32', '')} |"
         )
+    if "chromium" in rows:
+        lines += chromium_table(rows["chromium"])
     lines += ["", f"Peak GPU memory of the whole generation (NVML, the process's and the card's), against the "
               f"{results['memory_target_gib']} GiB target:", ""]
     for name, label in ROW_LABELS.items():
@@ -498,6 +501,34 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chromium_table(row: dict) -> list[str]:
+    """The page in headless Chromium (chromium_bench.py's result, merged in by merge-chromium)."""
+    cell = lambda key, spec: format(row[key], spec) if key in row else ""  # noqa: E731  (a step that failed has none)
+    info = row.get("adapter") or {}
+    adapter = " ".join(info[k] for k in ("vendor", "architecture") if info.get(k)) or "unknown"
+    lines = [
+        "", f"The page itself (`dist/index.html`) in {row.get('chromium', 'headless Chromium')}, WebGPU adapter {adapter} "
+        f"({row['card'] or 'no GPU'}; {row['date']}): the first load from 127.0.0.1 in a fresh profile and a reload from the "
+        f"Cache API ({row.get('reload_shard_requests', '?')} shards fetched), each from navigation until the page is ready to "
+        f"generate; generation {len(row.get('generations', []))} in a row, from clicking Generate until the image is drawn.",
+        "",
+        f"| | first load (s) | reload (s) | {STEPS}-step generation (ms) | max pixel diff vs PyTorch fp32 |",
+        "|---|---:|---:|---:|---:|",
+        f"| the page in headless Chromium | {cell('first_load_s', '.1f')} | {cell('reload_s', '.1f')} | {cell('generation_ms', '.0f')} "
+        f"| {row.get('max_pixel_diff_vs_pytorch_fp32', '')} |",
+    ]
+    return lines + [f"- {step} failed: {error}" for step, error in row["errors"].items()]
+
+
+def merge_chromium(chromium: Path, results_dir: Path) -> None:
+    """chromium_bench.py's result as the `chromium` row of gpu-bench.{json,md} in `results_dir`."""
+    path = results_dir / "gpu-bench.json"
+    results = json.loads(path.read_text())
+    results["rows"]["chromium"] = json.loads(chromium.read_text())
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    (results_dir / "gpu-bench.md").write_text(markdown(results))
+
+
 def chart(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -523,6 +554,9 @@ def chart(results: dict, path: Path) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "engine":
         engine_main(sys.argv[2], Path(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "merge-chromium":  # merge-chromium chromium.json RESULTS_DIR
+        merge_chromium(Path(sys.argv[2]), Path(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
