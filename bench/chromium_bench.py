@@ -170,15 +170,21 @@ class Page:
             raise RuntimeError(details.get("exception", {}).get("description", details["text"]))
         return result["result"].get("value")
 
-    def navigate_until_ready(self, url: str, timeout_s: float) -> float:
-        """Milliseconds from navigating to `url` until the page's pipeline is ready (the page's clock)."""
-        started = time.monotonic()
+    def navigate(self, url: str, timeout_s: float) -> None:
+        """Until the page at `url` has loaded (its scripts run; the pipeline loads on)."""
         loader = self.call("Page.navigate", {"url": url})["loaderId"]
         self.browser.wait_event("Page.lifecycleEvent", lambda p: p["loaderId"] == loader and p["name"] == "load", timeout_s)
-        # performance.now() counts from the navigation's start; websd.ready rejects with the error the page shows.
+
+    def ready_ms(self, timeout_s: float) -> float:
+        """Milliseconds from the navigation's start until the page's pipeline is ready (the page's
+        clock); websd.ready rejects with the error the page shows."""
         return self.evaluate("window.websd.ready.then(() => performance.now(),"
-                             " () => { throw new Error(document.getElementById('error').textContent); })",
-                             timeout_s - (time.monotonic() - started))
+                             " () => { throw new Error(document.getElementById('error').textContent); })", timeout_s)
+
+    def adapter(self) -> dict | None:
+        """The WebGPU adapter this page would get (another request than the page's own)."""
+        return self.evaluate("navigator.gpu.requestAdapter().then((a) => a && Object.fromEntries("
+                             "['vendor', 'architecture', 'device', 'description'].map((k) => [k, a.info[k]])))")
 
     def generate(self, fields: dict, timeout_s: float) -> dict:
         """Types `fields` (element id: value) into the form, clicks Generate and waits until the
@@ -259,14 +265,22 @@ def pytorch_fp32_image(inputs: dict, work: Path) -> tuple[np.ndarray | None, str
     return image, "gpu_bench.py's PyTorch engine, run after the page"
 
 
+def card() -> str | None:
+    """The GPU's name and driver, where there is an NVIDIA GPU."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader", "--id=0"]
+    return subprocess.run(query, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def run(args) -> dict:
     config = load_config(args.config)
     args.work.mkdir(parents=True, exist_ok=True)
     inputs = gpu_bench.prepare(config, args.bundle, args.work, **config.stage("shard_params"))
     fields = {"prompt": gpu_bench.PROMPT, "negative-prompt": gpu_bench.NEGATIVE_PROMPT, "seed": str(inputs["seed"]),
               "steps": str(gpu_bench.STEPS), "scheduler": gpu_bench.SCHEDULER, "guidance": str(gpu_bench.GUIDANCE)}
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "config": str(args.config), "adapter_flags": args.adapter,
-              "form": fields, "errors": {}}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "card": card(), "config": str(args.config),
+              "adapter_flags": args.adapter, "form": fields, "errors": {}}
     save = lambda: (args.out / "chromium.json").write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731  (after each step)
     profile = args.work / "profile"
     shutil.rmtree(profile, ignore_errors=True)  # the first load finds an empty Cache API
@@ -281,14 +295,16 @@ def run(args) -> dict:
             page = Page(browser)
             url = f"http://127.0.0.1:{server.server_address[1]}/"
             for step in ("first_load", "reload"):
-                requested = server.shard_requests
-                result[f"{step}_s"] = round(page.navigate_until_ready(url, args.load_timeout) / 1000, 2)
+                requested, deadline = server.shard_requests, time.monotonic() + args.load_timeout
+                page.navigate(url, args.load_timeout)
+                if step == "first_load":  # before waiting minutes for a load on the CPU
+                    result["adapter"] = page.adapter()
+                    if args.adapter == "gpu" and (result["adapter"] or {}).get("architecture") in (None, "swiftshader"):
+                        raise RuntimeError(f"WebGPU's adapter is not the GPU: {result['adapter']}")
+                result[f"{step}_s"] = round(page.ready_ms(deadline - time.monotonic()) / 1000, 2)
                 result[f"{step}_shard_requests"] = server.shard_requests - requested
                 print(f"chromium_bench: {step}: {result[f'{step}_s']} s, {result[f'{step}_shard_requests']} shards fetched", flush=True)
                 save()
-            step = "adapter"
-            result["adapter"] = page.evaluate("navigator.gpu.requestAdapter().then((a) => a && Object.fromEntries("
-                                              "['vendor', 'architecture', 'device', 'description'].map((k) => [k, a.info[k]])))")
             result["generations"] = []
             for number in range(1, args.generations + 1):
                 step = f"generation {number}"
