@@ -66,6 +66,7 @@ run)
   rm -rf "$work" && mkdir -p "$work/dist" "$work/carried"
   install_vulkan_loader "$carry"
   install_python_packages "$carry" "$work/site"
+  export TVM_USE_RUNTIME_LIB=1  # the carried TVM has no compiler (it only writes the tensor caches here)
   tar -xJf "$carry/chromium-resources.tar.xz" -C "$stash"  # beside the binary, where it looks for them
   tar -xJf "$carry/libraries.tar.xz" -C "$work/carried"
   link_missing_libraries "$work/carried/libraries" "$work/lib"
