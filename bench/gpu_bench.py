@@ -15,6 +15,7 @@ profile-<component>.{md,json} (bench/profile_tables.py). A row whose profile fai
 without it.
 
     python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --out $OUT
+    python3 bench/gpu_bench.py merge-chromium chromium.json bench/results   # chromium_bench.py's row into gpu-bench.{json,md}
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PROMPT, NEGATIVE_PROMPT = "a photo of an astronaut riding a horse on mars", ""
 TORCH_MODES = ("fp32-no-tf32", "fp32-tf32", "fp16")
 ROBUSTNESS = {"default": [], "disable_robustness": ["enable-dawn-features=disable_robustness"]}
 PROFILED_WEBGPU = "default"  # the WebGPU row that also profiles its kernels
+WORK = Path("/tmp/websd-bench")  # the model, requests, results and images of each engine
 
 
 def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
@@ -102,11 +104,12 @@ def run_logged(command: list[str]) -> None:
 # --- the shared inputs: model, weights in each build's order, the prompt's ids ----------------
 
 
-def prepare(config: Config, bundle: Path, work: Path) -> dict:
+def prepare(config: Config, bundle: Path, work: Path, shard_cap_mb: int = 512, encode_format: str = "raw") -> dict:
     """The random-weight model from the config's seed (as make_model builds it), each
     component's weights written into the WebGPU bundle as the tensor cache its build takes (the
     weights its cache's `param_names` names, in that order; the CUDA build takes the same), the
-    prompt's ids and each component's functions (the bundle's manifest)."""
+    prompt's ids and each component's functions (the bundle's manifest). The page's benchmark
+    (chromium_bench.py) shards them as the config's shard_params does."""
     from stages.make_model import make_random_model
     from websd import relax_io
     from websd.components import load_component
@@ -122,7 +125,7 @@ def prepare(config: Config, bundle: Path, work: Path) -> dict:
         cache = bundle / "params" / name
         weights = {n: p.numpy() for n, p in load_component(name, model).named_parameters()}
         selected = relax_io.select_weights(weights, relax_io.tensor_cache_param_names(cache))
-        relax_io.save_tensor_cache(name, selected, cache, shard_cap_mb=512, encode_format="raw")
+        relax_io.save_tensor_cache(name, selected, cache, shard_cap_mb=shard_cap_mb, encode_format=encode_format)
     manifest = json.loads((bundle / "manifest.json").read_text())
     return {
         "model": str(model),
@@ -343,7 +346,7 @@ def engine_main(engine: str, request: Path) -> None:
 
 def run_all(args) -> dict:
     config = load_config(args.config)
-    work = Path(args.work)
+    work = args.work
     work.mkdir(parents=True, exist_ok=True)
     carry = args.carry
     bundle = carry / "dist"  # the WebGPU bundle; its params/ get the weights, which the CUDA build shares
@@ -463,6 +466,8 @@ def markdown(results: dict) -> str:
             f"| {r['text_encoder']['median_ms']:.2f} | {r['vae_decoder']['median_ms']:.1f} | {r['generation']['median_ms']:.0f} "
             f"| {r['peak_gpu_memory_gib']} | {r.get('max_pixel_diff_vs_pytorch_fp32', '')} |"
         )
+    if "chromium" in rows:
+        lines += chromium_table(rows["chromium"])
     lines += ["", f"Peak GPU memory of the whole generation (NVML, the process's and the card's), against the "
               f"{results['memory_target_gib']} GiB target:", ""]
     for name, label in ROW_LABELS.items():
@@ -496,6 +501,34 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chromium_table(row: dict) -> list[str]:
+    """The page in headless Chromium (chromium_bench.py's result, merged in by merge-chromium)."""
+    cell = lambda key, spec: format(row[key], spec) if key in row else ""  # noqa: E731  (a step that failed has none)
+    info = row.get("adapter") or {}
+    adapter = " ".join(info[k] for k in ("vendor", "architecture") if info.get(k)) or "unknown"
+    lines = [
+        "", f"The page itself (`dist/index.html`) in {row.get('chromium', 'headless Chromium')}, WebGPU adapter {adapter} "
+        f"({row['card'] or 'no GPU'}; {row['date']}): the first load from 127.0.0.1 in a fresh profile and a reload from the "
+        f"Cache API ({row.get('reload_shard_requests', '?')} shards fetched), each from navigation until the page is ready to "
+        f"generate; generation {len(row.get('generations', []))} in a row, from clicking Generate until the image is drawn.",
+        "",
+        f"| | first load (s) | reload (s) | {STEPS}-step generation (ms) | max pixel diff vs PyTorch fp32 |",
+        "|---|---:|---:|---:|---:|",
+        f"| the page in headless Chromium | {cell('first_load_s', '.1f')} | {cell('reload_s', '.1f')} | {cell('generation_ms', '.0f')} "
+        f"| {row.get('max_pixel_diff_vs_pytorch_fp32', '')} |",
+    ]
+    return lines + [f"- {step} failed: {error}" for step, error in row["errors"].items()]
+
+
+def merge_chromium(chromium: Path, results_dir: Path) -> None:
+    """chromium_bench.py's result as the `chromium` row of gpu-bench.{json,md} in `results_dir`."""
+    path = results_dir / "gpu-bench.json"
+    results = json.loads(path.read_text())
+    results["rows"]["chromium"] = json.loads(chromium.read_text())
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    (results_dir / "gpu-bench.md").write_text(markdown(results))
+
+
 def chart(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -522,6 +555,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "engine":
         engine_main(sys.argv[2], Path(sys.argv[3]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "merge-chromium":  # merge-chromium chromium.json RESULTS_DIR
+        merge_chromium(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--carry", type=Path, required=True, help="the unpacked builds: cuda/, dist/ and webgpu/ (bench/gpu_bench.sh)")
@@ -531,7 +567,7 @@ def main() -> None:
     parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
     parser.add_argument("--robustness", nargs="+", choices=ROBUSTNESS, default=list(ROBUSTNESS),
                         help="the WebGPU rows: Dawn's robustness on (default) and off (disable_robustness)")
-    parser.add_argument("--work", default="/tmp/websd-bench")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -47,3 +47,16 @@ unxz_into() {
     if [ -f "$packed" ]; then xz -dc "$packed" >"$dest/$(basename "$packed" .xz)"; fi
   done
 }
+
+# Of the shared libraries in folder $1 (named by soname), those this machine lacks (not in
+# ldconfig's cache for x86-64) linked into the folder $2, for LD_LIBRARY_PATH: where the
+# machine has a library, its own copy is used.
+link_missing_libraries() {
+  local library have
+  mkdir -p "$2"
+  have=$(ldconfig -p | awk '/x86-64/ {print $1}')
+  for library in "$1"/*; do
+    if ! grep -qxF "$(basename "$library")" <<<"$have"; then ln -sf "$library" "$2/"; fi
+  done
+  echo "link_missing_libraries: $(find "$2" -maxdepth 1 -type l | wc -l) of $(find "$1" -maxdepth 1 -type f | wc -l) carried libraries used" >&2
+}

@@ -26,13 +26,14 @@ NEGATIVE = "blurry, low quality"
 SCHEDULERS = {"dpm-solver": DPMSolverMultistepScheduler, "pndm": PNDMScheduler}
 
 
-def diffusers_image(model: Path, scheduler: str, seed: int, height: int, width: int, guidance: float = 7.5, steps: int = 20) -> np.ndarray:
+def diffusers_image(model: Path, scheduler: str, seed: int, height: int, width: int, guidance: float = 7.5, steps: int = 20,
+                    prompt: str = PROMPT, negative_prompt: str = NEGATIVE) -> np.ndarray:
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
-        PROMPT,
-        negative_prompt=NEGATIVE,
+        prompt,
+        negative_prompt=negative_prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
         height=height,
