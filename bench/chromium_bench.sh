@@ -18,6 +18,9 @@ source bench/gpu_env.sh
 config=${2:-config/sd-v1-5-random.yaml}
 stash=/root/websd-chromium-stash
 CHROMIUM_VERSION=156.0.8078.108-1~deb12u1  # bookworm-security; FINDINGS.md ran this one on the H200
+# The GPU machine has no fontconfig setup, and the browser aborts without one (Skia's
+# SkFontMgr_FontConfigInterface: "Not implemented"): one font and a fonts.conf naming it.
+FONT_VERSION=2.37-6
 # Files of chromium-common (and headless-shell) the browser reads beside its binary.
 RESOURCES=(resources.pak icudtl.dat snapshot_blob.bin v8_context_snapshot.bin locales/en-US.pak headless_lib_data.pak
   headless_lib_strings.pak headless_command_resources.pak libvulkan.so.1 libEGL.so libGLESv2.so libvk_swiftshader.so
@@ -31,8 +34,10 @@ pack)
   rm -rf "$a" "$b" && mkdir -p "$a" "$b/libraries"
   debs=$(mktemp -d)
   trap 'rm -rf "$debs"' EXIT
-  (cd "$debs" && apt-get download -q "chromium-headless-shell=$CHROMIUM_VERSION" "chromium-common=$CHROMIUM_VERSION")
+  (cd "$debs" && apt-get download -q "chromium-headless-shell=$CHROMIUM_VERSION" "chromium-common=$CHROMIUM_VERSION" \
+    "fonts-dejavu-core=$FONT_VERSION")
   for deb in "$debs"/*.deb; do dpkg -x "$deb" "$debs/root"; done
+  mkdir -p "$b/fonts" && cp "$debs/root/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf" "$b/fonts/"
   browser=$debs/root/usr/lib/chromium
   xz -T0 -9e -c "$browser/chromium-headless-shell" >"$a/chromium-headless-shell.xz"
   tar -C "$browser" -cf - "${RESOURCES[@]}" | xz -T0 -9e >"$b/chromium-resources.tar.xz"
@@ -71,6 +76,9 @@ run)
   tar -xJf "$carry/libraries.tar.xz" -C "$work/carried"
   link_missing_libraries "$work/carried/libraries" "$work/lib"
   tar -xJf "$carry/dist.tar.xz" -C "$work/dist"
+  printf '<?xml version="1.0"?>\n<fontconfig><dir>%s</dir><cachedir>%s</cachedir></fontconfig>\n' \
+    "$PWD/$carry/fonts" "$work/fontconfig-cache" >"$work/fonts.conf"
+  export FONTCONFIG_FILE=$work/fonts.conf
   python3 bench/chromium_bench.py --config "$config" --chromium "$stash/chromium-headless-shell" --library-path "$work/lib" \
     --bundle "$work/dist" --work "$work" --out "$OUT" 2>&1 | tee "$OUT/chromium.log"
   ;;
