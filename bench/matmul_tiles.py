@@ -52,12 +52,12 @@ def build_variant(config_file: Path, tile: str, carry: Path) -> None:
 
 
 def main() -> None:
-    from websd.schedules.matmul import ALL_TILES
+    from websd.schedules.matmul import TILES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "sd-v1-5-random.yaml")
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
-    parser.add_argument("tiles", nargs="+", choices=ALL_TILES)
+    parser.add_argument("tiles", nargs="+", choices=TILES)
     args = parser.parse_args()
     for tile in args.tiles:
         build_variant(args.config, tile, args.carry)

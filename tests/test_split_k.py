@@ -1,6 +1,7 @@
 """SplitK (websd/passes/split_k.py): which convolutions it splits, the kernels it makes, and
-their results against PyTorch on llvm (in Chromium's WebGPU: tests/test_schedules.py's
-`conv3x3_deep` case)."""
+their results against PyTorch on llvm. In Chromium's WebGPU: the tiny default model's UNet
+has split convolutions (below), and tests/test_browser.py compares its images with
+diffusers'."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 import tvm
 from tvm import relax
 
+from conftest import layout_of
 from stages.legalize import passes
+from websd import relax_io
 from websd.schedules.matmul import Gemm, gemm_of
 from websd.passes.split_k import splits_for
 
@@ -69,3 +72,11 @@ def test_results_match_pytorch_on_llvm(name) -> None:
     x, w, b = (torch.from_numpy(a).double() for a in arrays)
     want = torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding).square().numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_the_tiny_default_model_has_split_convolutions(default_build) -> None:
+    # its up blocks' convolutions of 128 channels (skip + features) at 4x4 latents, 2 splits:
+    # in `main` (batch 2: 32 rows) and `unguided` (batch 1)
+    unet = kernels(relax_io.load_module(layout_of(default_build).legalized("unet")))
+    split = {gemm_of(f) for name, f in unet.items() if name.startswith("conv2d_split")}
+    assert split == {Gemm(2, 32, 64, 576), Gemm(2, 16, 64, 576)}

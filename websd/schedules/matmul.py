@@ -36,14 +36,20 @@ TILES = {
     "dlight-cuda": Config(block_size_x=8, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
                           vector_size=2, storage_align=True),
     # Ours. Each row of a staged tile is padded (storage_align): threads that read a column of
-    # it hit different banks of workgroup memory. Depth 8 per stage: 16 was faster on the H200
-    # (UNet step 176.6 against 199.3 ms in WebGPU, 123.6 against 136.8 natively;
-    # bench/results/tile-sweep/k16/gpu-bench.md), but Chrome's SwiftShader adapter loses its
-    # device compiling such kernels, and the page with them (tests/test_browser.py).
+    # it hit different banks of workgroup memory. Stages 16 deep are faster than 8 on the H200
+    # (UNet step 134.6 against 143.5 ms in WebGPU, 97.3 against 101.1 natively, in one run:
+    # bench/results/gpu-bench.md), but Chrome's SwiftShader adapter (a CPU) loses its device on
+    # kernels 16 deep: 32x32, the tile of small products and so of the tiny default model's
+    # every GEMM, stays 8 deep, and the page works there. Loops of more than 64 steps stay
+    # rolled (unroll=64): fully unrolled, 16 deep was slower (136.3 ms in WebGPU).
     "32x32": Config(block_size_x=8, block_size_y=8, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
     "64x64": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
+    "64x64-k16": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
+                        storage_align=True, unroll=64),
+    "64x64-k16-unrolled": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
+                                 storage_align=True),
     "128x64": Config(block_size_x=16, block_size_y=16, vthread_x=2, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                      storage_align=True),
     "128x128": Config(block_size_x=16, block_size_y=16, vthread_x=2, vthread_y=2, micro_size_x=4, micro_size_y=4,
@@ -54,13 +60,10 @@ TILES = {
     "128x128-8x8": Config(block_size_x=16, block_size_y=16, micro_size_x=8, micro_size_y=8, micro_size_k=8,
                           storage_align=True),
 }
-# Tiles of our own schedule (schedule_kmajor): rows x columns of C per workgroup.
-KMAJOR_TILES = {"64x64-vec4": (64, 64)}
-ALL_TILES = (*TILES, *KMAJOR_TILES)
 # dlight's CUDA configuration vectorizes loads in a form WebGPU's codegen rejects for some kernels.
 CUDA_ONLY = ("dlight-cuda",)
 # What choose_tile picks from.
-CHOSEN_FROM = ("32x32", "64x64")
+CHOSEN_FROM = ("32x32", "64x64-k16")
 # Workgroups that keep a large GPU busy: two per multiprocessor of an H100 or H200 (132).
 MIN_WORKGROUPS = 264
 # Products deeper than this keep 64x64 ahead even with few workgroups (measured: 128x1280
@@ -116,77 +119,11 @@ def workgroups(gemm: Gemm, config: Config) -> int:
 
 
 def choose_tile(gemm: Gemm) -> str:
-    """64x64, unless that leaves fewer than MIN_WORKGROUPS workgroups for a product of depth at
-    most DEEP: then 32x32, four times the workgroups."""
+    """64x64 (16 deep), unless that leaves fewer than MIN_WORKGROUPS workgroups for a product
+    of depth at most DEEP: then 32x32, four times the workgroups."""
     if workgroups(gemm, TILES["64x64"]) < MIN_WORKGROUPS and gemm.depth <= DEEP:
         return "32x32"
-    return "64x64"
-
-
-def schedule_kmajor(func, rows: int = 64, cols: int = 64, depth: int = 8, lanes: int = 4):
-    """Our implicit-GEMM schedule: a rows x cols tile of C per workgroup of 16 x 16 threads,
-    each computing 4 x 4 of it. Unlike dlight's, the staged tiles are k-major ([k][row] and
-    [k][col]) and every access to them is a vec4: a thread reads its column of A and its row of
-    B at each k as one vec4 each (2 workgroup-memory loads per 16 multiply-adds; dlight's
-    schedule makes 8), and the staging stores one vec4 (through registers), so WebGPU's
-    codegen types the workgroup arrays as vec4<f32>. None if `func` is not a GEMM."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import get_root_block
-    from tvm.s_tir.dlight.gpu import matmul
-
-    threads = 16
-    sch = s_tir.Schedule(func)
-    reductions = matmul.get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
-    if reductions is None or not matmul.get_index_map(sch.get(reductions[0])):
-        return None
-    main = reductions[0]
-    # C[S, I, J] += A[S, I, K] * B[S, J, K], padded to whole tiles
-    reindexed = [sch.reindex(main, buffer) for buffer in (("read", 0), ("read", 1), ("write", 0))]
-    block_map, *buffer_maps = matmul.get_index_map(sch.get(main))
-    for block, buffer, index_map in zip(reindexed, (("write", 0), ("write", 0), ("read", 0)), buffer_maps):
-        sch.transform_layout(block, buffer, index_map)
-    sch.transform_block_layout(main, block_map)
-    sch.pad_einsum(main, [1, rows, cols, depth])
-    batch, i, j, k = sch.get_loops(main)
-    bi, ti, ii = sch.split(i, [None, threads, rows // threads])
-    bj, tj, ij = sch.split(j, [None, threads, cols // threads])
-    ko, ki = sch.split(k, [None, depth])
-    sch.reorder(bj, bi, ti, tj, ko, ki, ii, ij)
-    sch.bind(sch.fuse(batch, bj), "blockIdx.y")
-    sch.bind(bi, "blockIdx.x")
-    sch.bind(ti, "threadIdx.x")
-    sch.bind(tj, "threadIdx.y")
-    sch.annotate(ti, "pragma_auto_unroll_max_step", 256)
-    sch.annotate(ti, "pragma_unroll_explicit", 1)
-    c_local = sch.cache_write(main, 0, "local")
-    sch.reverse_compute_at(c_local, tj, preserve_unit_loops=True)
-
-    def stage(operand: int):
-        shared = sch.cache_read(main, operand, "shared")
-        sch.compute_at(shared, ko, preserve_unit_loops=True)
-        sch.transform_layout(shared, ("write", 0), lambda s, x, kk: (s, kk, x))
-        s, x, kk = sch.get_loops(shared)[-3:]
-        quads, lane = sch.split(x, [None, lanes])
-        # Threads walk the axis that is contiguous in global memory: A's rows (a convolution's
-        # output pixels), B's depth (a weight's input channels and window).
-        order = (s, kk, quads) if operand == 0 else (s, quads, kk)
-        sch.reorder(*order, lane)
-        ty, tx, rest = sch.split(sch.fuse(*order), [threads, threads, None])
-        sch.bind(ty, "threadIdx.y")
-        sch.bind(tx, "threadIdx.x")
-        loaded = sch.cache_read(shared, 0, "local")
-        sch.compute_at(loaded, rest, preserve_unit_loops=True)
-        sch.vectorize(lane)
-        matmul.auto_inline_producers(sch, loaded)
-        fragment = sch.cache_read(main, operand, "local")
-        sch.compute_at(fragment, ki, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(fragment)[-2])  # its 4 rows (columns) at one k
-
-    stage(0)
-    stage(1)
-    matmul.auto_inline_consumer_chain(sch, c_local)
-    sch.decompose_reduction(main, ko)
-    return sch
+    return "64x64-k16"
 
 
 class _Tiled(dl.gpu.Matmul):
@@ -206,8 +143,8 @@ class Matmul(dl.gpu.Matmul):
 
     def __init__(self, tile: str | None = None):
         super().__init__()
-        if tile is not None and tile not in ALL_TILES:
-            raise ValueError(f"unknown matmul tile {tile!r} (allowed: {', '.join(ALL_TILES)})")
+        if tile is not None and tile not in TILES:
+            raise ValueError(f"unknown matmul tile {tile!r} (allowed: {', '.join(TILES)})")
         self.tile = tile
 
     def apply(self, func, target, tunable):
@@ -217,6 +154,4 @@ class Matmul(dl.gpu.Matmul):
             if gemm is None:  # not a GEMM we can read: dlight's rule decides, with its configuration
                 return super().apply(func, target, tunable)
             tile = choose_tile(gemm)
-        if tile in KMAJOR_TILES:
-            return schedule_kmajor(func, *KMAJOR_TILES[tile])
         return _Tiled(TILES[tile]).apply(func, target, tunable)
