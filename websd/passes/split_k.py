@@ -25,6 +25,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from websd.passes import static_shape
 from websd.schedules.matmul import MIN_WORKGROUPS, TILES, Gemm, workgroups
 
 # Split until the 64x64 tiles fill a large GPU twice over (four workgroups a multiprocessor of
@@ -76,16 +77,6 @@ def _sum_splits(partial):
                       name="sum_splits")
 
 
-def _static_shape(expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(d) for d in ty.shape.values]
-    except (TypeError, AttributeError):
-        return None
-
-
 @mutator
 class _Splitter(PyExprMutator):
     def visit_call_(self, call):
@@ -94,7 +85,7 @@ class _Splitter(PyExprMutator):
             return call
         data, weight = call.args
         attrs = call.attrs
-        shapes = [_static_shape(e) for e in (data, weight, call)]
+        shapes = [static_shape(e) for e in (data, weight, call)]
         if (None in shapes or int(attrs.groups) != 1 or data.ty.dtype != "float32" or call.ty.dtype != "float32"
                 or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
             return call

@@ -24,21 +24,13 @@ import math
 import tvm
 from tvm import relax
 
+from websd.passes import static_shape
+
 CHANNEL_AXIS = 1  # NCHW, as the importer gives
 
 
-def _shape(expr) -> list[int] | None:
-    info = getattr(expr, "ty", None)
-    if not isinstance(info, relax.TensorType) or info.shape is None:
-        return None
-    try:
-        return [int(d) for d in info.shape.values]
-    except (TypeError, AttributeError):
-        return None
-
-
 def _nbytes(expr) -> int:
-    shape = _shape(expr)
+    shape = static_shape(expr)
     return math.prod(shape) * tvm.runtime.DataType(expr.ty.dtype).bits // 8 if shape else 0
 
 
@@ -89,7 +81,7 @@ class _Splitter(relax.PyExprMutator):
                 if span == block:
                     return var
             return self._emit(_slice(self._whole(expr), CHANNEL_AXIS, *block))
-        shape = _shape(expr)
+        shape = static_shape(expr)
         if shape is None or len(shape) <= CHANNEL_AXIS or shape[CHANNEL_AXIS] == 1:
             return self.visit_expr(expr)
         if shape[CHANNEL_AXIS] != channels:
@@ -98,9 +90,9 @@ class _Splitter(relax.PyExprMutator):
 
     def _blocks_for(self, call, multiple: int = 1) -> list[tuple[int, int]]:
         """The output's blocks: those of an argument of the same shape, else new ones."""
-        shape = _shape(call)
+        shape = static_shape(call)
         for arg in call.args:
-            if arg in self.blocks and _shape(arg) == shape:
+            if arg in self.blocks and static_shape(arg) == shape:
                 return [span for _, span in self.blocks[arg]]
         return channel_blocks(shape[CHANNEL_AXIS], _nbytes(call), self.limit, multiple)
 
@@ -121,7 +113,7 @@ class _Splitter(relax.PyExprMutator):
 
     def _split(self, call):
         """Blocks of `call`'s output, or None when this pass does not know how to block it."""
-        name, shape = call.op.name, _shape(call)
+        name, shape = call.op.name, static_shape(call)
         channels = shape[CHANNEL_AXIS]
         if name == "relax.nn.conv2d" and _plain_conv(call):
             return [(self._conv(call, block), block) for block in self._blocks_for(call)]
@@ -140,7 +132,7 @@ class _Splitter(relax.PyExprMutator):
             return blocks
         if name == "relax.image.resize2d" or name in ELEMENTWISE:
             def arg(a, block):
-                return self._block_of(a, channels, block) if _shape(a) is not None else self.visit_expr(a)
+                return self._block_of(a, channels, block) if static_shape(a) is not None else self.visit_expr(a)
 
             return [
                 (self._emit(relax.Call(call.op, [arg(a, block) for a in call.args], call.attrs, call.ty_args)), block)
@@ -151,7 +143,7 @@ class _Splitter(relax.PyExprMutator):
     def visit_var_binding_(self, binding):
         call = binding.value
         if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op):
-            shape = _shape(call)
+            shape = static_shape(call)
             if shape and len(shape) > CHANNEL_AXIS and _nbytes(call) > self.limit:
                 blocks = self._split(call)
                 if blocks is not None:
