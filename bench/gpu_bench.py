@@ -8,13 +8,18 @@ builds against PyTorch fp32's. Every time is wall clock around a call that ends 
 sync, median of RUNS after WARMUP calls. Runs on the GPU machine through bench/gpu_bench.sh;
 writes gpu-bench.json, gpu-bench.md and gpu-bench.png into --out.
 
-The native CUDA row and the WebGPU row with Dawn's default robustness also profile every
-kernel of every component and UNet variant (bench/profile_cuda.py, webgpu_node.mjs's `profile`),
+The native CUDA row and the WebGPU row with Dawn's default robustness also time variants:
+other builds of a component, each named <component>-<name> (e.g. unet-untuned,
+vae_decoder-tile-128x128), the carry's cuda/<variant>.so and webgpu/<variant>.wasm (a variant
+built for CUDA only has no .wasm), on the component's weights, after the generation; the report
+puts each variant's `main` below its component's. Those two rows also profile every kernel of
+every component and variant (bench/profile_cuda.py, webgpu_node.mjs's `profile`),
 after their timings: profile-cuda.json, profile-webgpu.json and, side by side,
-profile-<component>.{md,json} (bench/profile_tables.py). A row whose profile fails runs again
-without it.
+profile-<component>.{md,json} and, for a component with variants,
+profile-<component>-variants.{md,json} (bench/profile_tables.py). A row whose profile fails
+runs again without it.
 
-    python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --out $OUT
+    python3 bench/gpu_bench.py --config config/sd-v1-5-random.yaml --carry bench/.carry --variants vae_decoder-untuned --out $OUT
     python3 bench/gpu_bench.py merge-chromium chromium.json bench/results   # chromium_bench.py's row into gpu-bench.{json,md}
 """
 
@@ -87,6 +92,22 @@ class PeakMemory:
         self.running = False
         self.thread.join()
         self.gib = round((self.peak - self.baseline) / 2**30, 2)
+
+
+def component_of(variant: str) -> str:
+    """The component a variant is a build of: its name is <component>-<name>."""
+    component, dash, name = variant.partition("-")
+    if component not in COMPONENTS or not dash or not name:
+        raise ValueError(f"{variant!r}: a variant is named <component>-<name>, the component one of {', '.join(COMPONENTS)} "
+                         "(e.g. unet-untuned, vae_decoder-tile-128x128)")
+    return component
+
+
+def variants_of(row: dict) -> dict:
+    """A row's variants, {variant: {component, median_ms, ...}}. A gpu-bench.json written before
+    variants of any component (its rows' `unet_variants`: {name: timing}) held UNet builds only."""
+    unet_only = {f"unet-{name}": {"component": "unet", **timing} for name, timing in row.get("unet_variants", {}).items()}
+    return {**unet_only, **row.get("variants", {})}
 
 
 def run_logged(command: list[str]) -> None:
@@ -190,7 +211,7 @@ def fp32_matmul_tflops(n: int = 8192) -> float:
     return round(2 * n**3 / (timing["median_ms"] / 1000) / 1e12, 1)
 
 
-def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, cuda_include: str, profile: bool) -> dict:
+def run_cuda(libraries: dict, variants: dict, params: Path, inputs: dict, cuda_include: str, profile: bool) -> dict:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -218,13 +239,15 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     run = lambda: generator(PROMPT, NEGATIVE_PROMPT, inputs["seed"], STEPS, SCHEDULER, GUIDANCE)  # noqa: E731
     result["generation"] = median_ms(run, lambda: None, runs=1, warmup=1)
     image, _ = run()
-    unet = components["unet"]
-    variant_vms = {variant: VirtualMachine(tvm.runtime.load_module(path), unet.device) for variant, path in unet_variants.items()}
-    result["unet_variants"] = {variant: timing(vm, unet, "unet") for variant, vm in variant_vms.items()}
+    variant_vms = {}  # variant: (its component, its VM on the component's device; it takes the component's weights)
+    for variant, path in variants.items():
+        name = component_of(variant)
+        variant_vms[variant] = (name, VirtualMachine(tvm.runtime.load_module(path), components[name].device))
+    result["variants"] = {variant: {"component": name, **timing(vm, components[name], name)} for variant, (name, vm) in variant_vms.items()}
     if profile:  # a profile set (bench/profile_tables.py) of every build, with the timings' weights
         clock = CudaClock()
         builds = {name: (name, c.vm) for name, c in components.items()}  # build: (component, its VM)
-        builds.update({f"unet-{variant}": ("unet", vm) for variant, vm in variant_vms.items()})
+        builds.update(variant_vms)
         result["profile"] = {
             build: profile_build(build, vm, inputs["functions"][name], components[name].weights, components[name].device, clock,
                                  inputs["prompt_ids"])
@@ -233,7 +256,7 @@ def run_cuda(libraries: dict, unet_variants: dict, params: Path, inputs: dict, c
     return result, image
 
 
-def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_variants: dict, inputs: dict, work: Path,
+def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, variants: dict, inputs: dict, work: Path,
                profile: bool, backend: str = "vulkan", adapter_options: dict | None = None) -> dict:
     """The WebGPU bundle in Node: bench/webgpu_node.mjs with a spec; with `profile`, its kernels
     too. (Without a GPU, Dawn runs on backend "opengl" with adapter_options {"featureLevel":
@@ -246,7 +269,7 @@ def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_v
         "generation": {"prompt": PROMPT, "negative_prompt": NEGATIVE_PROMPT, "seed": inputs["seed"], "steps": STEPS,
                        "scheduler": SCHEDULER, "guidance": GUIDANCE},
         "runs": RUNS, "warmup": WARMUP, "generation_runs": 1,
-        "unet_variants": {variant: {"wasm": path} for variant, path in unet_variants.items()},
+        "variants": {variant: {"component": component_of(variant), "wasm": path} for variant, path in variants.items()},
         "out": str(work / f"webgpu-{robustness}.json"), "image_out": str(work / f"webgpu-{robustness}.u8"),
         **({"profile": {"runs": PROFILE_RUNS}} if profile else {}),
     }
@@ -254,15 +277,27 @@ def run_webgpu(robustness: str, node: Path, node_dir: Path, bundle: Path, unet_v
     spec_file.write_text(json.dumps(spec))
     run_logged([str(node), str(ROOT / "bench" / "webgpu_node.mjs"), str(spec_file)])
     raw = json.loads(Path(spec["out"]).read_text())
-    result = {name: timing_of(raw["timings"][name]["main"]) for name in COMPONENTS}  # the UNet's main: batch 2
-    result["generation"] = {"median_ms": raw["generation"].get("median_ms", raw["generation"]["untimed_ms"])}
-    result["unet_variants"] = {v: timing_of(r["timings"]["main"]) for v, r in raw["unet_variants"].items()}
-    result.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"],
-                  required_limits=raw["required_limits"], requested_limits=raw["requested_limits"])
-    if profile:  # a profile set (bench/profile_tables.py), its builds named as the CUDA row's
-        result["profile"] = {**raw["profile"], **{f"unet-{v}": r["profile"] for v, r in raw["unet_variants"].items()}}
     image = np.fromfile(spec["image_out"], np.uint8).reshape(raw["generation"]["image"]["height"], raw["generation"]["image"]["width"], 3)
-    return result, image
+    return webgpu_row(raw, profile), image
+
+
+def webgpu_row(raw: dict, profile: bool) -> dict:
+    """The WebGPU row from webgpu_node.mjs's result: each component's and variant's `main` (the
+    UNet's: batch 2), the generation, the adapter and limits; with `profile`, the profile set."""
+    row = {name: timing_of(raw["timings"][name]["main"]) for name in COMPONENTS}
+    row["generation"] = {"median_ms": raw["generation"].get("median_ms", raw["generation"]["untimed_ms"])}
+    row["variants"] = {v: {"component": r["component"], **timing_of(r["timings"]["main"])} for v, r in raw["variants"].items()}
+    row.update(adapter=raw["adapter_info"], node=raw["node"], webgpu_package=raw["webgpu_version"], load=raw["load"],
+               required_limits=raw["required_limits"], requested_limits=raw["requested_limits"])
+    if profile:
+        row["profile"] = webgpu_profiles(raw)
+    return row
+
+
+def webgpu_profiles(raw: dict) -> dict:
+    """webgpu_node.mjs's profiles as a profile set (bench/profile_tables.py), its builds named
+    as the CUDA row's: each component, and each variant by its name (<component>-<name>)."""
+    return {**raw["profile"], **{variant: r["profile"] for variant, r in raw["variants"].items()}}
 
 
 def timing_of(raw: dict) -> dict:
@@ -338,7 +373,7 @@ def engine_main(engine: str, request: Path) -> None:
     if engine.startswith("pytorch-"):
         result, image = run_torch(engine.removeprefix("pytorch-"), args["inputs"])
     else:
-        result, image = run_cuda(args["libraries"], args["unet_variants"], Path(args["params"]), args["inputs"], args["cuda_include"],
+        result, image = run_cuda(args["libraries"], args["variants"], Path(args["params"]), args["inputs"], args["cuda_include"],
                                  args["profile"])
     (request.parent / f"{engine}.result.json").write_text(json.dumps(result))
     np.save(request.parent / f"{engine}.image.npy", image)
@@ -349,6 +384,9 @@ def run_all(args) -> dict:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     carry = args.carry
+    missing = [v for v in args.variants if not (carry / "cuda" / f"{v}.so").is_file()]
+    if missing:  # before the minutes of making the weights
+        sys.exit(f"gpu_bench: no {', '.join(f'cuda/{v}.so' for v in missing)} in {carry} (bench/pack_gpu.sh variant, bench/matmul_tiles.py)")
     bundle = carry / "dist"  # the WebGPU bundle; its params/ get the weights, which the CUDA build shares
     inputs = prepare(config, bundle, work)
     rows, images, errors = {}, {}, {}
@@ -371,12 +409,12 @@ def run_all(args) -> dict:
     for mode in TORCH_MODES:
         attempt(f"pytorch-{mode}", lambda _, mode=mode: child(f"pytorch-{mode}", {"inputs": inputs}, work))
     libraries = {name: str(carry / "cuda" / f"{name}.so") for name in COMPONENTS}
-    variants = {v: str(carry / "cuda" / f"unet-{v}.so") for v in args.unet_variants}
-    attempt("tvm-cuda", lambda profile: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "unet_variants": variants,
+    variants = {v: str(carry / "cuda" / f"{v}.so") for v in args.variants}
+    attempt("tvm-cuda", lambda profile: child("tvm-cuda", {"inputs": inputs, "libraries": libraries, "variants": variants,
                                                            "params": str(bundle / "params"), "cuda_include": args.cuda_include,
                                                            "profile": profile}, work), profiled=True)
     # Variants built for CUDA only have no .wasm; they run in the profiled row alone.
-    wasm_variants = {v: str(path) for v in args.unet_variants if (path := carry / "webgpu" / f"unet-{v}.wasm").is_file()}
+    wasm_variants = {v: str(path) for v in args.variants if (path := carry / "webgpu" / f"{v}.wasm").is_file()}
     for robustness in args.robustness:
 
         def webgpu(profile, robustness=robustness):
@@ -473,9 +511,9 @@ def markdown(results: dict) -> str:
     for name, label in ROW_LABELS.items():
         if name in rows and "peak_gpu_memory_gib" in rows[name]:
             peak_gib = rows[name]["peak_gpu_memory_gib"]
-            # UNet variants load after the generation, each on a device of its own, while the
-            # build's own weights are still held.
-            variants = " (with the UNet variants loaded after it)" if rows[name].get("unet_variants") else ""
+            # Variants load after the generation (in WebGPU each on a device of its own), while
+            # the build's own weights are still held.
+            variants = " (with the variants loaded after it)" if variants_of(rows[name]) else ""
             lines.append(f"- {label}: {peak_gib} GiB{variants}, target {'met' if peak_gib <= results['memory_target_gib'] else 'not met'}")
     lines += ["", "The static memory plan (MiB): weights, and activations per function:", ""]
     for component, plan in results["memory_plan_mib"].items():
@@ -487,18 +525,32 @@ def markdown(results: dict) -> str:
                   for name in webgpu_rows]
     lines += ["", "UNet step ratios (lower is faster for the first):", ""]
     lines += [f"- {pair}: {ratio}" for pair, ratio in results["unet_step_ratios"].items() if ratio is not None]
-    tuned = [(n, r) for n, r in rows.items() if r.get("unet_variants")]
-    if tuned:
-        lines += ["", "UNet step (ms) of other builds of the same graph, same run:", "", "| | " + " | ".join(
-            ["the build above", *tuned[0][1]["unet_variants"]]) + " |", "|---|" + "---:|" * (1 + len(tuned[0][1]["unet_variants"]))]
-        for name, r in tuned:
-            cells = [f"{r['unet']['median_ms']:.1f}", *(f"{v['median_ms']:.1f}" for v in r["unet_variants"].values())]
-            lines.append(f"| {ROW_LABELS[name]} | " + " | ".join(cells) + " |")
+    lines += variants_table(rows)
     if results.get("profile_tables"):
         lines += ["", f"Where the time goes, kernel by kernel, {ROW_LABELS['tvm-cuda']} beside {ROW_LABELS[f'webgpu-{PROFILED_WEBGPU}']}: "
                   + ", ".join(results["profile_tables"])]
     lines += [f"- {name} failed (the row ran again without it): {error}" for name, error in results["errors"].items() if name.endswith(" profile")]
     return "\n".join(lines) + "\n"
+
+
+def variants_table(rows: dict) -> list[str]:
+    """Other builds of each component (`main`, ms), each below the component's own build, in
+    every row that ran them ("-": not in that row, e.g. a variant built for CUDA only)."""
+    engines = [name for name in ROW_LABELS if name in rows and variants_of(rows[name])]
+    if not engines:
+        return []
+    variants = {v: t["component"] for name in engines for v, t in variants_of(rows[name]).items()}
+    digits = lambda component: 2 if component == "text_encoder" else 1  # noqa: E731  (as the table above)
+    lines = ["", "Other builds of a component, same run, each below the component's own build (the table above): `main`, ms "
+             "(the UNet's: the step at batch 2):", "", "| build | " + " | ".join(ROW_LABELS[name] for name in engines) + " |",
+             "|---|" + "---:|" * len(engines)]
+    for component in (c for c in COMPONENTS if c in variants.values()):
+        lines.append(f"| {component} (the build above) | " + " | ".join(f"{rows[name][component]['median_ms']:.{digits(component)}f}"
+                                                                          for name in engines) + " |")
+        for variant in (v for v, c in variants.items() if c == component):
+            cells = [variants_of(rows[name]).get(variant) for name in engines]
+            lines.append(f"| {variant} | " + " | ".join(f"{t['median_ms']:.{digits(component)}f}" if t else "-" for t in cells) + " |")
+    return lines
 
 
 def chromium_table(row: dict) -> list[str]:
@@ -529,26 +581,51 @@ def merge_chromium(chromium: Path, results_dir: Path) -> None:
     (results_dir / "gpu-bench.md").write_text(markdown(results))
 
 
+CHART_AXES = {  # component: what its panel of the chart shows
+    "text_encoder": "text encoder, one prompt (ms, median)",
+    "unet": "SD 1.5 UNet step, batch 2, 512x512 (ms, median)",
+    "vae_decoder": "VAE decode, 512x512 (ms, median)",
+}
+
+
 def chart(results: dict, path: Path) -> None:
+    """The UNet step of every row and, for each component with variants, a panel of its own: the
+    component's time in every row, then its variants'."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    bars = [(ROW_LABELS[n], rows[n]["unet"]["median_ms"]) for n in ROW_LABELS if n in rows]
-    bars += [(f"{ROW_LABELS[n]}, {v}", t["median_ms"]) for n in ROW_LABELS if n in rows for v, t in rows[n].get("unet_variants", {}).items()]
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.5))
-    ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1], color="#4C72B0")
-    for y, (_, ms) in enumerate(bars[::-1]):
-        ax.text(ms, y, f" {ms:.1f}", va="center")
-    if results["fp32_peak_tflops"]:
-        ax.axvline(GFLOP_PER_STEP / results["fp32_peak_tflops"], color="gray", linestyle="--", label="fp32 floor (no tensor cores)")
-        ax.legend(loc="lower right")
-    ax.set_xlabel("SD 1.5 UNet step, batch 2, 512x512 (ms, median)")
-    ax.set_title(f"{results['card']}, {results['date']}")
+    engines = [n for n in ROW_LABELS if n in rows]
+    bars = {}  # component: [(label, ms)]
+    for component in COMPONENTS:
+        variants = [(f"{ROW_LABELS[n]}, {v}", t["median_ms"]) for n in engines for v, t in variants_of(rows[n]).items()
+                    if t["component"] == component]
+        if component == "unet" or variants:
+            bars[component] = [(ROW_LABELS[n], rows[n][component]["median_ms"]) for n in engines] + variants
+    heights = [0.5 * len(b) + 1.5 for b in bars.values()]
+    fig, axes = plt.subplots(len(bars), figsize=(9, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (component, panel) in zip(axes[:, 0], bars.items()):
+        ax.barh([b[0] for b in panel][::-1], [b[1] for b in panel][::-1], color="#4C72B0")
+        for y, (_, ms) in enumerate(panel[::-1]):
+            ax.text(ms, y, f" {ms:.1f}", va="center")
+        if component == "unet" and results["fp32_peak_tflops"]:
+            ax.axvline(GFLOP_PER_STEP / results["fp32_peak_tflops"], color="gray", linestyle="--", label="fp32 floor (no tensor cores)")
+            ax.legend(loc="lower right")
+        ax.set_xlabel(CHART_AXES[component])
+    axes[0, 0].set_title(f"{results['card']}, {results['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def variant_name(variant: str) -> str:
+    """argparse's check of a variant's name."""
+    try:
+        component_of(variant)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return variant
 
 
 def main() -> None:
@@ -564,7 +641,8 @@ def main() -> None:
     parser.add_argument("--node", type=Path, required=True, help="the node binary")
     parser.add_argument("--node-dir", type=Path, required=True, help="holds webgpu/, the npm package (bench/unpack_node.sh)")
     parser.add_argument("--cuda-include", required=True, help="a folder holding cuda/std/ (libcu++)")
-    parser.add_argument("--unet-variants", nargs="*", default=[], help="other UNet builds in the carry: unet-<name>.so/.wasm")
+    parser.add_argument("--variants", nargs="*", default=[], type=variant_name,
+                        help="other builds of a component in the carry, each <component>-<name>: cuda/<variant>.so, webgpu/<variant>.wasm")
     parser.add_argument("--robustness", nargs="+", choices=ROBUSTNESS, default=list(ROBUSTNESS),
                         help="the WebGPU rows: Dawn's robustness on (default) and off (disable_robustness)")
     parser.add_argument("--work", type=Path, default=WORK)

@@ -3,7 +3,7 @@
 // params/, tokenizer/, vendor/tvmjs.js) with the page's own pipeline (web/src/pipeline.js) in
 // Node, on Dawn from the npm package `webgpu` (pinned in bench/package.json). A bundle of other
 // kernels (a manifest whose components cannot generate, e.g. bench/attention_bench.py's) gets
-// its functions timed and nothing else:
+// its functions (and its variants') timed and nothing generated:
 //
 //   node bench/webgpu_node.mjs spec.json
 //
@@ -20,7 +20,9 @@
 //                    defaulting to the manifest's `defaults`
 //   runs, warmup     timed calls of each function after untimed ones; default 20 and 3
 //   generation_runs  timed generations after the untimed one; default 2 (0: the untimed one only)
-//   unet_variants    optional {name: {wasm}}: other builds of the bundle's UNet, same weights
+//   variants         optional {name: {component, wasm}}: other builds of a component of the
+//                    bundle (e.g. "vae_decoder-tile-128x128": {"component": "vae_decoder", ...}),
+//                    on that component's weights
 //   profile          optional {runs} (default 3): also profile every function's kernels (below)
 //   out, image_out   the results (JSON) and the generated image (raw RGB uint8, H*W*3)
 //
@@ -34,7 +36,7 @@
 //
 // With `profile`, the device also gets "timestamp-query" where the adapter has it, Dawn's
 // timestamp rounding is disabled (dawn option disable-dawn-features=timestamp_quantization) and
-// each function of each component (and of each UNet variant), after its timings, runs `runs`
+// each function of each component (and of each variant), after its timings, runs `runs`
 // times under bench/dispatch_profile.mjs, then `runs` times plainly: `profile` (and each
 // variant's `profile`) holds per function the dispatches of one call; per kernel (its
 // PrimFunc's name: the WGSL kernel's without `_kernel`/`_kernel_N`) the calls and dispatches of
@@ -44,9 +46,12 @@
 // dispatch and submitted none: that happens at the sync), per call and per dispatch, and the
 // whole call's. Without `profile` nothing of this runs and the device is requested as before.
 //
-// UNet variants run each on a device of their own, requested from the same GPU after the rest:
-// tvmjs's Instance.dispose() destroys the device it was given, which frees all its buffers.
-// To compare a variant under the same conditions, list the bundle's UNet as a variant too.
+// Variants run each on a device of their own, requested from the same GPU after the rest (the
+// generation too, where the bundle can generate): tvmjs's Instance.dispose() destroys the device
+// it was given, which frees all its buffers. `variants` in the output holds, per variant, its
+// component, load times, the timings of every function of its component and, with `profile`,
+// its profile. To compare a variant under the same conditions, list the component's own build
+// as a variant too.
 //
 // On a machine without a GPU, Dawn's OpenGL backend on Mesa works (and nothing else did):
 //   EGL_PLATFORM=surfaceless, dawn_options ["backend=opengl"],
@@ -111,9 +116,11 @@ function loadSpec(file) {
   for (const key of ["bundle", "out", "image_out"]) {
     if (spec[key] === undefined) throw new BenchError(`spec ${file}: "${key}" is missing`);
   }
-  spec.unet_variants = Object.fromEntries(Object.entries(spec.unet_variants ?? {}).map(([name, v]) => {
-    if (v?.wasm === undefined) throw new BenchError(`spec ${file}: unet_variants.${name}.wasm is missing`);
-    return [name, at(v.wasm)];
+  spec.variants = Object.fromEntries(Object.entries(spec.variants ?? {}).map(([name, v]) => {
+    for (const key of ["component", "wasm"]) {
+      if (v?.[key] === undefined) throw new BenchError(`spec ${file}: variants.${name}.${key} is missing`);
+    }
+    return [name, { component: v.component, wasm: at(v.wasm) }];
   }));
   const profile = spec.profile === undefined ? null : { runs: spec.profile?.runs ?? 3 };
   if (profile !== null && !(profile.runs >= 1)) throw new BenchError(`spec ${file}: profile.runs must be at least 1`);
@@ -399,6 +406,11 @@ async function main() {
   if (!specFile) throw new BenchError("usage: node bench/webgpu_node.mjs spec.json");
   const run = loadSpec(specFile);
   const manifest = readJson(path.join(run.bundle, "manifest.json"), "the bundle's manifest");
+  for (const [variant, { component }] of Object.entries(run.variants)) {
+    if (manifest.components[component] === undefined) {
+      throw new BenchError(`variant ${variant}: the bundle has no component ${component} (it has ${Object.keys(manifest.components).join(", ")})`);
+    }
+  }
   const tvmjsFile = path.join(run.bundle, "vendor", "tvmjs.js");
   const result = {
     spec: path.resolve(specFile),
@@ -453,7 +465,6 @@ async function main() {
   }
 
   const settings = { ...manifest.defaults, ...run.generation }; // named as in the manifest
-  const generation = { ...settings, negativePrompt: settings.negative_prompt }; // as pipeline.generate names them
   const promptIds = tokenizer?.encode(settings.prompt);
 
   result.timings = {};
@@ -463,14 +474,54 @@ async function main() {
     result.timings[name] = timings;
     if (profile) result.profile[name] = profile;
   }
-  if (!pipeline.canGenerate) {
-    fs.mkdirSync(path.dirname(run.out), { recursive: true });
-    fs.writeFileSync(run.out, JSON.stringify(result, null, 1) + "\n");
-    console.log(`webgpu_node: ${pipeline.components.join(", ")} timed -> ${run.out}`);
-    return;
+  if (pipeline.canGenerate) {
+    result.generation = await timeGeneration(pipeline, gpu, run, settings, manifest.latent_shape);
+    for (const name of pipeline.components) {
+      result.load[name].runtime_stats = pipeline.component(name).tvm.runtimeStatsText();
+    }
   }
 
-  // The whole generation: one untimed, then generation_runs timed.
+  // Other builds of the bundle's components: each on a device of its own (tvmjs's dispose()
+  // destroys its device, which frees every buffer the build made), one at a time.
+  result.variants = {};
+  for (const [variant, { component: name, wasm: wasmFile }] of Object.entries(run.variants)) {
+    log(`${variant}: ${name} from ${wasmFile}`);
+    const vgpu = await deviceFor(dawn, run, manifest);
+    const variantReads = {};
+    const component = await loadComponent({
+      tvmjs, device: vgpu.device, name, spec: manifest.components[name], wasm: fs.readFileSync(wasmFile),
+      loadWeights: weightsFromDisk(run.bundle, variantReads), log: (text) => log(`${variant}: ${text}`),
+    });
+    vgpu.check(`${variant}: loading`);
+    const load = loadReport(component, wasmFile, variantReads[name]);
+    log(`${variant}: ${JSON.stringify(load)}`);
+    const { timings, profile } = await timeFunctions(component, vgpu, run, promptIds, variant);
+    load.runtime_stats = component.tvm.runtimeStatsText();
+    result.variants[variant] = { component: name, load, timings, ...(profile && { profile }) };
+    component.tvm.endScope();
+    component.tvm.dispose(); // destroys vgpu.device
+  }
+
+  fs.mkdirSync(path.dirname(run.out), { recursive: true });
+  fs.writeFileSync(run.out, JSON.stringify(result, null, 1) + "\n");
+  if (!pipeline.canGenerate) {
+    console.log(`webgpu_node: ${[...pipeline.components, ...Object.keys(result.variants)].join(", ")} timed -> ${run.out}`);
+    return;
+  }
+  const ms = (t) => `${t.median_ms} ms`;
+  const variants = Object.entries(result.variants).map(([v, r]) => ` ${v} ${ms(r.timings.main)}`).join("");
+  console.log(`webgpu_node: ${describe || "adapter"} | text_encoder ${ms(result.timings.text_encoder.main)}`
+    + ` unet ${ms(result.timings.unet.main)} vae_decoder ${ms(result.timings.vae_decoder.main)}${variants}`
+    + ` | generation (${result.generation.steps} steps) ${result.generation.median_ms ?? result.generation.untimed_ms} ms`
+    + ` | -> ${run.out}`);
+}
+
+/**
+ * The whole generation: one untimed, then `generation_runs` timed; writes the last one's image
+ * to `image_out`. `settings` are named as in the manifest.
+ */
+async function timeGeneration(pipeline, gpu, run, settings, latentShape) {
+  const generation = { ...settings, negativePrompt: settings.negative_prompt }; // as pipeline.generate names them
   log(`generation: ${settings.steps} steps of ${settings.scheduler}, guidance ${settings.guidance}, seed ${settings.seed}`);
   const first = await pipeline.generate(generation);
   gpu.check("generation");
@@ -481,9 +532,9 @@ async function main() {
   const image = rgb(last.pixels);
   fs.mkdirSync(path.dirname(run.image_out), { recursive: true });
   fs.writeFileSync(run.image_out, image);
-  result.generation = {
+  const report = {
     ...settings,
-    latent_shape: manifest.latent_shape,
+    latent_shape: latentShape,
     untimed_ms: first.timings.total_ms,
     ...(timed.length ? stats(timed.map((g) => g.timings.total_ms)) : {}),
     parts: timed.map((g) => g.timings),
@@ -491,40 +542,8 @@ async function main() {
     image: { path: run.image_out, height: last.height, width: last.width, format: "raw uint8 RGB, row-major",
       sha256: sha256(image) },
   };
-  log(`generation: ${JSON.stringify(result.generation.samples_ms ?? result.generation.untimed_ms)} ms, image ${run.image_out}`);
-  for (const name of pipeline.components) {
-    result.load[name].runtime_stats = pipeline.component(name).tvm.runtimeStatsText();
-  }
-
-  // Other UNet builds: each on a device of its own (tvmjs's dispose() destroys its device,
-  // which frees every buffer the build made), one at a time.
-  result.unet_variants = {};
-  for (const [variant, wasmFile] of Object.entries(run.unet_variants)) {
-    const label = `unet[${variant}]`;
-    log(`${label}: loading ${wasmFile}`);
-    const vgpu = await deviceFor(dawn, run, manifest);
-    const component = await loadComponent({
-      tvmjs, device: vgpu.device, name: "unet", spec: manifest.components.unet, wasm: fs.readFileSync(wasmFile),
-      loadWeights: weightsFromDisk(run.bundle, reads), log: (text) => log(`${label}: ${text}`),
-    });
-    vgpu.check(`${label}: loading`);
-    const load = loadReport(component, wasmFile, reads.unet);
-    log(`${label}: ${JSON.stringify(load)}`);
-    const { timings, profile } = await timeFunctions(component, vgpu, run, promptIds, label);
-    load.runtime_stats = component.tvm.runtimeStatsText();
-    result.unet_variants[variant] = { load, timings, ...(profile && { profile }) };
-    component.tvm.endScope();
-    component.tvm.dispose(); // destroys vgpu.device
-  }
-
-  fs.mkdirSync(path.dirname(run.out), { recursive: true });
-  fs.writeFileSync(run.out, JSON.stringify(result, null, 1) + "\n");
-  const ms = (t) => `${t.median_ms} ms`;
-  const variants = Object.entries(result.unet_variants).map(([v, r]) => ` unet[${v}] ${ms(r.timings.main)}`).join("");
-  console.log(`webgpu_node: ${describe || "adapter"} | text_encoder ${ms(result.timings.text_encoder.main)}`
-    + ` unet ${ms(result.timings.unet.main)} vae_decoder ${ms(result.timings.vae_decoder.main)}${variants}`
-    + ` | generation (${result.generation.steps} steps) ${result.generation.median_ms ?? result.generation.untimed_ms} ms`
-    + ` | -> ${run.out}`);
+  log(`generation: ${JSON.stringify(report.samples_ms ?? report.untimed_ms)} ms, image ${run.image_out}`);
+  return report;
 }
 
 main().then(

@@ -1,6 +1,8 @@
 """The per-kernel profile (bench/README.md, "Where the time goes"): the WebGPU dispatches of the
-default build's UNet named, counted and timed by bench/dispatch_profile.mjs in Node, the same
-build's kernels natively by bench/profile_cuda.py, and bench/profile_tables.py's tables of both.
+default build's UNet and VAE decoder, and of a variant of each (the same build again), named,
+counted and timed by bench/dispatch_profile.mjs in Node, the same builds' kernels natively by
+bench/profile_cuda.py, and bench/profile_tables.py's tables of both (per component, and of each
+component's variants), from profile sets named as bench/gpu_bench.py names them.
 
 No GPU here: Node runs Dawn's OpenGL backend on Mesa, which offers no "timestamp-query" (so the
 dispatches are named and counted but untimed), and the native side runs the llvm build on the
@@ -22,10 +24,12 @@ from test_webgpu_node import WEBGPU_PACKAGE, node_eval
 from websd.paths import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
+import gpu_bench  # noqa: E402
 import profile_cuda  # noqa: E402
 import profile_tables  # noqa: E402
 
 DISPATCH_PROFILE_JS = ROOT / "bench" / "dispatch_profile.mjs"
+PROFILED = ("unet", "vae_decoder")  # the components profiled, each with a variant "<component>-again"
 
 
 def test_kernel_classes() -> None:
@@ -61,102 +65,126 @@ def test_prim_func_of_wgsl_kernel() -> None:
 
 
 @pytest.fixture(scope="module")
-def unet_profiles(default_build: Path, tmp_path_factory) -> tuple[dict, dict]:
-    """The default build's UNet profiled in Node (the bundle with only its UNet: timed and
-    profiled, nothing generated) and natively twice, as "unet" and "unet-again": (the Node
-    runner's result, the native profile set)."""
+def profiles(default_build: Path, tmp_path_factory) -> tuple[dict, dict, dict]:
+    """The default build's UNet and VAE decoder profiled in Node (a bundle of only those two:
+    timed and profiled, nothing generated), each also as a variant "<component>-again" (the same
+    .wasm), and natively, each as itself and as "<component>-again": (the Node runner's result,
+    its profile set as gpu_bench.py makes it, the native profile set)."""
     from websd.runtime import Component
 
     if not (WEBGPU_PACKAGE / "index.js").is_file():
         pytest.fail(f"{WEBGPU_PACKAGE} is missing: run `npm ci` in bench/ (install.sh --test does)")
     bundle = Path(os.environ["WEBSD_DIST"])
     work = tmp_path_factory.mktemp("profile")
-    unet_only = work / "bundle"
-    unet_only.mkdir()
+    profiled_only = work / "bundle"
+    profiled_only.mkdir()
     for entry in bundle.iterdir():
         if entry.name != "manifest.json":
-            (unet_only / entry.name).symlink_to(entry)
+            (profiled_only / entry.name).symlink_to(entry)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["components"] = {"unet": manifest["components"]["unet"]}
-    (unet_only / "manifest.json").write_text(json.dumps(manifest))
-    spec = {"bundle": str(unet_only), "dawn_options": ["backend=opengl"], "adapter_options": {"featureLevel": "compatibility"},
-            "runs": 1, "warmup": 0, "profile": {"runs": 2}, "out": "result.json", "image_out": "image.u8"}
+    manifest["components"] = {name: manifest["components"][name] for name in PROFILED}
+    (profiled_only / "manifest.json").write_text(json.dumps(manifest))
+    spec = {"bundle": str(profiled_only), "dawn_options": ["backend=opengl"], "adapter_options": {"featureLevel": "compatibility"},
+            "runs": 1, "warmup": 0, "profile": {"runs": 2}, "out": "result.json", "image_out": "image.u8",
+            "variants": {f"{name}-again": {"component": name, "wasm": str(bundle / f"{name}.wasm")} for name in PROFILED}}
     (work / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run(["node", str(ROOT / "bench" / "webgpu_node.mjs"), str(work / "spec.json")], capture_output=True, text=True,
                             env={**os.environ, "EGL_PLATFORM": "surfaceless"}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((work / "result.json").read_text())
 
-    unet = Component("unet", layout_of(DEFAULT_CONFIG).root / "llvm" / "unet.so", bundle / "params" / "unet", "llvm")
-    functions = manifest["components"]["unet"]["functions"]
-    native = {build: profile_cuda.profile_build(build, unet.vm, functions, unet.weights, unet.device, profile_cuda.HostClock(), runs=2)
-              for build in ("unet", "unet-again")}
-    return json.loads((work / "result.json").read_text()), native
+    native = {}
+    for name in PROFILED:
+        component = Component(name, layout_of(DEFAULT_CONFIG).root / "llvm" / f"{name}.so", bundle / "params" / name, "llvm")
+        functions = manifest["components"][name]["functions"]
+        for build in (name, f"{name}-again"):
+            native[build] = profile_cuda.profile_build(build, component.vm, functions, component.weights, component.device,
+                                                       profile_cuda.HostClock(), runs=2)
+    return report, gpu_bench.webgpu_profiles(report), native
 
 
-def prim_funcs(target: str) -> set[str]:
-    """The PrimFuncs of the default build's UNet for `target`."""
+def prim_funcs(component: str, target: str) -> set[str]:
+    """The PrimFuncs of the default build's `component` for `target`."""
     import tvm
 
-    planned = layout_of(DEFAULT_CONFIG).component_dir("unet") / target / "planned.json"
+    planned = layout_of(DEFAULT_CONFIG).component_dir(component) / target / "planned.json"
     module = tvm.ir.load_json(planned.read_text())
     return {gv.name_hint for gv, f in module.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def test_webgpu_profile_names_every_dispatch(unet_profiles) -> None:
-    report, native = unet_profiles
+def test_webgpu_profile_names_every_dispatch(profiles) -> None:
+    report, webgpu, native = profiles
     assert "disable-dawn-features=timestamp_quantization" in report["dawn_options"]
-    assert set(report["profile"]["unet"]) == {"main", "unguided"}
-    for function, profile in report["profile"]["unet"].items():
-        assert profile["runs"] == 2 and profile["dispatches"] > 0 and profile["unnamed_dispatches"] == 0
-        assert profile["dispatches"] == sum(k["dispatches"] for k in profile["kernels"].values())
-        # Each kernel is a PrimFunc of the build, called as often as the native build calls it.
-        assert set(profile["kernels"]) <= prim_funcs("webgpu")
-        assert {k: v["calls"] for k, v in profile["kernels"].items()} == {k: v["calls"] for k, v in native["unet"][function]["kernels"].items()}
-        assert 0 < profile["host_ms"] <= profile["wall_ms"] and profile["host_us_per_dispatch"] > 0
-        # Dawn's OpenGL backend has no timestamp queries: then the kernels are untimed.
-        assert profile["timestamps"] == ("timestamp-query" in report["device_features"])
-        if profile["timestamps"]:
-            assert not profile["quantized"] and all(k["gpu_ms"] > 0 for k in profile["kernels"].values())
-            assert profile["gpu_kernel_ms"] <= profile["gpu_span_ms"] <= profile["wall_ms"]
-        else:
-            assert all(k["gpu_ms"] is None for k in profile["kernels"].values()) and profile["gpu_kernel_ms"] is None
+    # gpu_bench.py's profile set: each component and each variant, named as natively.
+    assert webgpu.keys() == native.keys() == {*PROFILED, *(f"{name}-again" for name in PROFILED)}
+    for build, functions in webgpu.items():
+        component = build.partition("-")[0]
+        assert set(functions) == ({"main", "unguided"} if component == "unet" else {"main"})
+        for function, profile in functions.items():
+            assert profile["runs"] == 2 and profile["dispatches"] > 0 and profile["unnamed_dispatches"] == 0
+            assert profile["dispatches"] == sum(k["dispatches"] for k in profile["kernels"].values())
+            # Each kernel is a PrimFunc of the build, called as often as the native build calls it.
+            # The native (llvm) build may call more: its unscheduled copy of a reshape between
+            # two transposes (the VAE's attention), which on webgpu, once scheduled, is a plain
+            # reshape that RewriteDataflowReshape turns into a view.
+            calls = {k: v["calls"] for k, v in profile["kernels"].items()}
+            native_calls = {k: v["calls"] for k, v in native[build][function]["kernels"].items()}
+            assert set(calls) <= prim_funcs(component, "webgpu")
+            assert calls.items() <= native_calls.items()
+            assert all(profile_tables.kernel_class(k) == "elementwise" for k in native_calls.keys() - calls.keys())
+            # A variant (the same .wasm again) dispatches exactly what its component does.
+            assert calls == {k: v["calls"] for k, v in webgpu[component][function]["kernels"].items()}
+            assert 0 < profile["host_ms"] <= profile["wall_ms"] and profile["host_us_per_dispatch"] > 0
+            # Dawn's OpenGL backend has no timestamp queries: then the kernels are untimed.
+            assert profile["timestamps"] == ("timestamp-query" in report["device_features"])
+            if profile["timestamps"]:
+                assert not profile["quantized"] and all(k["gpu_ms"] > 0 for k in profile["kernels"].values())
+                assert profile["gpu_kernel_ms"] <= profile["gpu_span_ms"] <= profile["wall_ms"]
+            else:
+                assert all(k["gpu_ms"] is None for k in profile["kernels"].values()) and profile["gpu_kernel_ms"] is None
 
 
-def test_native_profile(unet_profiles) -> None:
-    _, native = unet_profiles
-    for function, profile in native["unet"].items():
-        kernels = profile["kernels"]
-        assert set(kernels) <= prim_funcs("llvm")  # PrimFuncs only: no VM builtin (vm.builtin.*)
-        assert profile["dispatches"] == sum(k["calls"] for k in kernels.values())
-        assert all(k["gpu_ms"] > 0 for k in kernels.values())
-        # Over 2 runs a median is a mean: the kernels' medians add up to the median total.
-        assert sum(k["gpu_ms"] for k in kernels.values()) == pytest.approx(profile["gpu_kernel_ms"], abs=0.001 * len(kernels))
-        assert profile["gpu_kernel_ms"] <= profile["gpu_span_ms"]
+def test_native_profile(profiles) -> None:
+    _, _, native = profiles
+    for build, functions in native.items():
+        for profile in functions.values():
+            kernels = profile["kernels"]
+            assert set(kernels) <= prim_funcs(build.partition("-")[0], "llvm")  # PrimFuncs only: no VM builtin (vm.builtin.*)
+            assert profile["dispatches"] == sum(k["calls"] for k in kernels.values())
+            assert all(k["gpu_ms"] > 0 for k in kernels.values())
+            # Over 2 runs a median is a mean: the kernels' medians add up to the median total.
+            assert sum(k["gpu_ms"] for k in kernels.values()) == pytest.approx(profile["gpu_kernel_ms"], abs=0.001 * len(kernels))
+            assert profile["gpu_kernel_ms"] <= profile["gpu_span_ms"]
 
 
-def test_tables(unet_profiles, tmp_path: Path) -> None:
-    report, native = unet_profiles
-    written = profile_tables.write_tables(tmp_path, cuda=native, webgpu=report["profile"])
-    assert sorted(p.name for p in written) == sorted(f"{stem}.{ext}" for stem in ("profile-unet", "profile-unet-variants") for ext in ("md", "json"))
+def test_tables(profiles, tmp_path: Path) -> None:
+    _, webgpu, native = profiles
+    written = profile_tables.write_tables(tmp_path, cuda=native, webgpu=webgpu)
+    assert sorted(p.name for p in written) == sorted(f"profile-{stem}.{ext}" for name in PROFILED for stem in (name, f"{name}-variants")
+                                                     for ext in ("md", "json"))
 
-    tables = json.loads((tmp_path / "profile-unet.json").read_text())["functions"]
-    markdown = (tmp_path / "profile-unet.md").read_text()
-    for function, table in tables.items():
-        webgpu, cuda = report["profile"]["unet"][function], native["unet"][function]
-        rows = table["kernels"]
-        assert {r["kernel"] for r in rows} == cuda["kernels"].keys() == webgpu["kernels"].keys()
-        assert all(r["cuda_calls"] == r["webgpu_calls"] and r["class"] == profile_tables.kernel_class(r["kernel"]) for r in rows)
-        assert [r["cuda_ms"] for r in rows] == sorted((r["cuda_ms"] for r in rows), reverse=True)  # WebGPU untimed: by CUDA ms
-        assert sum(t["webgpu_calls"] for t in table["classes"]) == webgpu["dispatches"]
-        assert sum(t["cuda_ms"] for t in table["classes"]) == pytest.approx(sum(k["gpu_ms"] for k in cuda["kernels"].values()), abs=0.01)
-        assert table["summary"]["dispatches"] == {"cuda": cuda["dispatches"], "webgpu": webgpu["dispatches"]}
-        assert table["summary"]["host_us_per_dispatch"]["webgpu"] == webgpu["host_us_per_dispatch"]
-        assert f"## unet.{function}" in markdown and all(f"| {r['kernel']} |" in markdown for r in rows)
+    for name in PROFILED:
+        tables = json.loads((tmp_path / f"profile-{name}.json").read_text())["functions"]
+        markdown = (tmp_path / f"profile-{name}.md").read_text()
+        for function, table in tables.items():
+            cuda, gpu = native[name][function], webgpu[name][function]
+            rows = table["kernels"]
+            assert {r["kernel"] for r in rows} == cuda["kernels"].keys() | gpu["kernels"].keys()
+            assert all(r["cuda_calls"] == r["webgpu_calls"] for r in rows if r["kernel"] in gpu["kernels"])
+            assert all(r["class"] == profile_tables.kernel_class(r["kernel"]) for r in rows)
+            assert [r["cuda_ms"] for r in rows] == sorted((r["cuda_ms"] for r in rows), reverse=True)  # WebGPU untimed: by CUDA ms
+            assert sum(t["webgpu_calls"] for t in table["classes"]) == gpu["dispatches"]
+            assert sum(t["cuda_ms"] for t in table["classes"]) == pytest.approx(sum(k["gpu_ms"] for k in cuda["kernels"].values()), abs=0.01)
+            assert table["summary"]["dispatches"] == {"cuda": cuda["dispatches"], "webgpu": gpu["dispatches"]}
+            assert table["summary"]["host_us_per_dispatch"]["webgpu"] == gpu["host_us_per_dispatch"]
+            assert f"## {name}.{function}" in markdown and all(f"| {r['kernel']} |" in markdown for r in rows)
 
-    variants = json.loads((tmp_path / "profile-unet-variants.json").read_text())["functions"]
-    assert [t["function"] for t in variants] == ["main", "unguided"]
-    for table in variants:
-        assert table["builds"] == ["unet", "unet-again"]
-        for row in table["kernels"]:
-            times = row["ms"]["cuda"]
-            assert row["fastest"]["cuda"] == min(times, key=times.get) and row["fastest"]["webgpu"] is None
+        # Each kernel of the component in both of its builds, the component's own first.
+        variants = json.loads((tmp_path / f"profile-{name}-variants.json").read_text())["functions"]
+        assert [t["function"] for t in variants] == list(native[name])
+        for table in variants:
+            assert table["builds"] == [name, f"{name}-again"]
+            assert {row["kernel"] for row in table["kernels"]} == native[name][table["function"]]["kernels"].keys()
+            for row in table["kernels"]:
+                times = row["ms"]["cuda"]
+                assert row["fastest"]["cuda"] == min(times, key=times.get) and row["fastest"]["webgpu"] is None

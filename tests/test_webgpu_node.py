@@ -1,6 +1,8 @@
 """The pipeline in Node: bench/webgpu_node.mjs (the GPU benchmark's runner) runs the page's own
 pipeline (web/src/pipeline.js) on the default bundle, here on Dawn's OpenGL backend over Mesa
-(no GPU), and must draw diffusers' image; and the limits a device is asked for.
+(no GPU), and must draw diffusers' image; it times variants (other builds of a component: here
+the UNet's and the VAE decoder's own, again), which bench/gpu_bench.py reads into its WebGPU
+row; and the limits a device is asked for.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,9 @@ from conftest import DEFAULT_CONFIG, layout_of
 from test_native import NEGATIVE, PROMPT, diffusers_image
 from websd.config import load_config
 from websd.paths import ROOT, model_folder
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_bench  # noqa: E402
 
 WEBGPU_PACKAGE = ROOT / "bench" / "node_modules" / "webgpu"
 PIPELINE_JS = ROOT / "web" / "src" / "pipeline.js"
@@ -67,7 +73,7 @@ def node_run(default_build: Path, tmp_path_factory) -> tuple[dict, np.ndarray, P
         "adapter_options": {"featureLevel": "compatibility"},
         "generation": {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": 42, "steps": 20, "scheduler": "dpm-solver", "guidance": 7.5},
         "runs": 1, "warmup": 0, "generation_runs": 1,
-        "unet_variants": {"again": {"wasm": str(bundle / "unet.wasm")}},
+        "variants": {f"{name}-again": {"component": name, "wasm": str(bundle / f"{name}.wasm")} for name in ("unet", "vae_decoder")},
         "out": "result.json", "image_out": "image.u8",
     }
     (work / "spec.json").write_text(json.dumps(spec))
@@ -105,7 +111,25 @@ def test_node_runner_reports(node_run) -> None:
             assert timing["runs"] == len(timing["samples_ms"]) == 1 and timing["median_ms"] > 0
         load = report["load"][name]
         assert load["kernels"] > 0 and load["shader_compile_ms"] > 0 and load["num_params"] == component["num_params"]
-    assert set(report["unet_variants"]["again"]["timings"]) == {"main", "unguided"}
+    # Each variant: its component's every function, on its weights.
+    assert {v: r["component"] for v, r in report["variants"].items()} == {"unet-again": "unet", "vae_decoder-again": "vae_decoder"}
+    for variant in report["variants"].values():
+        component = manifest["components"][variant["component"]]
+        assert set(variant["timings"]) == set(component["functions"])  # the UNet's main and unguided; the VAE's main
+        assert variant["load"]["num_params"] == component["num_params"] and variant["load"]["kernels"] == report["load"][variant["component"]]["kernels"]
     parts = report["generation"]["parts"][0]
     assert set(parts) == {"text_encoder_ms", "unet_ms", "scheduler_ms", "vae_decoder_ms", "total_ms"}
     assert report["generation"]["steps"] == 20 and report["generation"]["untimed_ms"] > 0
+
+
+def test_gpu_bench_webgpu_row(node_run) -> None:
+    """gpu_bench.py's WebGPU row from the runner's result: each variant's `main` with its
+    component, and in the report's table right below that component's own build."""
+    report, _, _ = node_run
+    row = gpu_bench.webgpu_row(report, profile=False)
+    for variant, component in (("unet-again", "unet"), ("vae_decoder-again", "vae_decoder")):
+        main = report["variants"][variant]["timings"]["main"]
+        assert row["variants"][variant] == {"component": component, "median_ms": main["median_ms"], "min_ms": main["min_ms"], "max_ms": main["max_ms"]}
+    table = gpu_bench.variants_table({"webgpu-default": row})
+    builds = [line.split(" | ")[0].removeprefix("| ") for line in table if line.startswith("| ") and not line.startswith("| build |")]
+    assert builds == ["unet (the build above)", "unet-again", "vae_decoder (the build above)", "vae_decoder-again"]
