@@ -1,12 +1,14 @@
-"""The UNet built once per matmul tile, to measure the tiles of websd.schedules.matmul against
-each other on the GPU (every matmul and convolution with the same tile):
+"""A component (the UNet unless told) built once per matmul tile, to measure the tiles of
+websd.schedules.matmul against each other on the GPU (every matmul and convolution with the
+same tile):
 
-    python3 bench/matmul_tiles.py [--config C] TILE...   here, after `doit config=C dist`
+    python3 bench/matmul_tiles.py [--config C] [--component COMPONENT] TILE...   here, after `doit config=C dist`
 
-builds, from the config's legalized UNet through the real stages (apply_db with the tile forced,
-memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/unet-tile-T.so.xz,
-webgpu/unet-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): UNet variants that `bench/gpu_bench.sh C tile-T...` times and
-profiles beside the build itself (whose tiles the rule chose per kernel).
+builds, from the config's legalized component through the real stages (apply_db with the tile
+forced, memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/COMPONENT-tile-T.so.xz,
+webgpu/COMPONENT-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): variants that
+`bench/gpu_bench.sh C COMPONENT-tile-T...` times and profiles beside the component's own build
+(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-128x128.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def build_variant(config_file: Path, tile: str, carry: Path) -> None:
+def build_variant(config_file: Path, component: str, tile: str, carry: Path) -> None:
     from stages import apply_db, build, build_runtime, build_wasm, memory_plan
     from websd.config import load_config
     from websd.paths import Layout
@@ -36,31 +38,33 @@ def build_variant(config_file: Path, tile: str, carry: Path) -> None:
         tmp = Path(tmp)
         for target in ("cuda",) if tile in CUDA_ONLY else ("cuda", "webgpu"):
             database = apply_db.database_files(config.database_path, target)
-            apply_db.apply_db(layout.legalized("unet"), target, database, True, tmp / "scheduled.json", matmul_tile=tile)
+            apply_db.apply_db(layout.legalized(component), target, database, True, tmp / "scheduled.json", matmul_tile=tile)
             memory_plan.memory_plan(tmp / "scheduled.json", tmp / "planned.json", tmp / "memory.json")
             if target == "cuda":
-                library = tmp / "unet.so"
+                library = tmp / f"{component}.so"
                 build.build(tmp / "planned.json", "cuda", library)
             else:
-                library = tmp / "unet.wasm"
+                library = tmp / f"{component}.wasm"
                 build_wasm.build_wasm(tmp / "planned.json", build_runtime.runtime_dir(), library, tmp / "stats.json")
-            packed = carry / target / f"unet-tile-{tile}{library.suffix}.xz"
+            packed = carry / target / f"{component}-tile-{tile}{library.suffix}.xz"
             packed.parent.mkdir(parents=True, exist_ok=True)
             with library.open("rb") as src, lzma.open(packed, "wb", preset=9) as dst:
                 shutil.copyfileobj(src, dst)
-    print(f"matmul_tiles: tile {tile}: {time.time() - started:.0f} s")
+    print(f"matmul_tiles: {component}-tile-{tile}: {time.time() - started:.0f} s")
 
 
 def main() -> None:
+    from websd.config import COMPONENTS
     from websd.schedules.matmul import TILES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "sd-v1-5-random.yaml")
+    parser.add_argument("--component", choices=COMPONENTS, default="unet")
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
     parser.add_argument("tiles", nargs="+", choices=TILES)
     args = parser.parse_args()
     for tile in args.tiles:
-        build_variant(args.config, tile, args.carry)
+        build_variant(args.config, args.component, tile, args.carry)
 
 
 if __name__ == "__main__":

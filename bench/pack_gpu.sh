@@ -10,8 +10,10 @@
 #                                              without the weights' shards: they are made there
 #                                              from the config's seed, in the order each
 #                                              tensor-cache.json names
-#   bash bench/pack_gpu.sh variant NAME [config]   the current UNet builds again, as unet-NAME,
-#                                              to time beside the others (e.g. before tuning)
+#   bash bench/pack_gpu.sh variant COMPONENT NAME [config]   the component's current builds
+#                                              again, as the variant COMPONENT-NAME (e.g.
+#                                              vae_decoder-untuned), to time beside the others
+#                                              (e.g. before tuning): gpu_bench.sh CONFIG COMPONENT-NAME
 #   bash bench/pack_gpu.sh tvm-runtime DIR     just the runtime-only TVM package, into DIR
 #   bash bench/pack_gpu.sh python DIR          the runtime-only TVM and the wheels, into DIR
 #                                              (what gpu_env.sh's install_python_packages takes)
@@ -21,6 +23,7 @@
 set -euo pipefail
 carry=bench/.carry
 config=config/sd-v1-5-random.yaml
+components="text_encoder unet vae_decoder"
 
 tvm_runtime() {  # the installed tvm package without lib/libtvm_compiler.so (259 MB) and 3rdparty/
   local site dist
@@ -68,15 +71,21 @@ tools)
   bash bench/pack_node.sh "$carry"
   ;;
 build | variant)
-  if [ "$1" = variant ]; then name=${2:?usage: pack_gpu.sh variant NAME [config]}; config=${3:-$config}; else config=${2:-$config}; fi
+  if [ "$1" = variant ]; then
+    usage="usage: pack_gpu.sh variant COMPONENT NAME [config]"
+    component=${2:?$usage} name=${3:?$usage} config=${4:-$config}
+    [[ " $components " == *" $component "* ]] || { echo "pack_gpu.sh: no component $component (one of: $components)" >&2; exit 2; }
+  else
+    config=${2:-$config}
+  fi
   build=$(python3 -c "import sys; from websd.config import load_config; from websd.paths import Layout; print(Layout(load_config(sys.argv[1]).build_key).root)" "$config")
   mkdir -p "$carry/cuda" "$carry/webgpu"
   if [ "$1" = variant ]; then
-    xz -T0 -9 -c "$build/cuda/unet.so" >"$carry/cuda/unet-$name.so.xz"
-    xz -T0 -9 -c "$build/webgpu/unet.wasm" >"$carry/webgpu/unet-$name.wasm.xz"
+    xz -T0 -9 -c "$build/cuda/$component.so" >"$carry/cuda/$component-$name.so.xz"
+    xz -T0 -9 -c "$build/webgpu/$component.wasm" >"$carry/webgpu/$component-$name.wasm.xz"
   else
     bundle "$carry" "$config"
-    for component in text_encoder unet vae_decoder; do
+    for component in $components; do
       xz -T0 -9 -c "$build/cuda/$component.so" >"$carry/cuda/$component.so.xz"
     done
   fi
@@ -94,7 +103,7 @@ bundle)
   bundle "${2:?usage: pack_gpu.sh bundle DIR [config]}" "${3:-$config}"
   ;;
 *)
-  echo "usage: $0 tools | build [config] | variant NAME [config] | tvm-runtime DIR | python DIR | vulkan DIR | bundle DIR [config]" >&2
+  echo "usage: $0 tools | build [config] | variant COMPONENT NAME [config] | tvm-runtime DIR | python DIR | vulkan DIR | bundle DIR [config]" >&2
   exit 2
   ;;
 esac
