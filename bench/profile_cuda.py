@@ -1,6 +1,6 @@
 """Where a native build's time goes, kernel by kernel: every PrimFunc call of every function of
 every component (the manifest's functions: text_encoder, unet main and unguided, vae_decoder;
-and other UNet builds), timed on the device through the VM's instrument hook.
+and variants, other builds of a component), timed on the device through the VM's instrument hook.
 
 On CUDA each call is bracketed by CUDA events on the stream TVM launches on (the default one),
 with the GPU held busy first (torch.cuda._sleep) while the host queues the whole call, so that
@@ -15,7 +15,7 @@ shapes (speed does not depend on them); writes profile-cuda.json and the CUDA-on
 one run's CUDA and WebGPU profiles come from the same builds.
 
     python3 bench/profile_cuda.py --bundle DIST --out OUT [--target llvm] LIB...
-    (LIB: <component>.so or <component>-<variant>.so, e.g. unet.so, unet-untuned.so)
+    (LIB: <component>.so or a variant's <component>-<name>.so, e.g. unet.so, vae_decoder-untuned.so)
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--cuda-include", help="a folder holding cuda/std/ (libcu++), for NVRTC (runtime-only TVM)")
     parser.add_argument("--runs", type=int, default=PROFILE_RUNS)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("libraries", nargs="+", type=Path, help="<component>.so or <component>-<variant>.so")
+    parser.add_argument("libraries", nargs="+", type=Path, help="<component>.so or a variant's <component>-<name>.so")
     args = parser.parse_args()
     import tvm
     from tvm.runtime.vm import VirtualMachine

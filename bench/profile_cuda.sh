@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Per-kernel time of every native CUDA build in bench/.carry (bench/pack_gpu.sh: each component,
-# and UNet variants) on the GPU machine (bench/profile_cuda.py), random weights of the bundle's
+# and variants of any) on the GPU machine (bench/profile_cuda.py), random weights of the bundle's
 # shapes; its tables are CUDA-only (bench/gpu_bench.sh puts WebGPU's beside them):
 #   run  bash bench/profile_cuda.sh   carry ["bench/.carry"]
 set -euo pipefail

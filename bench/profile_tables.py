@@ -2,13 +2,13 @@
 beside WebGPU (webgpu_node.mjs's `profile`): profile-<component>.{md,json} (per function: each
 kernel's class, calls, CUDA and WebGPU ms and their ratio, sorted by WebGPU ms; the totals per
 class; the dispatches per call, the host's time per dispatch, and the sum of the kernels
-against the wall time) and, where a component has other builds (UNet variants),
-profile-<component>-variants.{md,json}: each kernel's time in each build and the fastest build
-per kernel, for a sweep of schedules to pick from.
+against the wall time) and, where a component has other builds (variants, e.g. the UNet's or
+the VAE decoder's), profile-<component>-variants.{md,json}: each kernel's time in each build and
+the fastest build per kernel, for a sweep of schedules to pick from.
 
 A profile set (either side may be missing) is {build: {function: profile}}, each profile as
 profile_cuda.summarize's; a build is a component ("unet") or another build of one, named
-"<component>-<variant>" ("unet-untuned").
+"<component>-<name>" ("unet-untuned", "vae_decoder-tile-128x128").
 
     python3 bench/profile_tables.py --cuda profile-cuda.json --webgpu profile-webgpu.json --out DIR
 """
