@@ -56,7 +56,7 @@ def test_sd15_convolutions_split_as_measured() -> None:
 def test_deep_convolutions_become_a_batched_gemm_and_an_elementwise_sum() -> None:
     mod = kernels(module("deep"))
     # 4608 deep (512 x 3 x 3), 16 output pixels x 32 channels: one tile -> 8 splits of 576
-    assert gemm_of(mod["conv2d_split"]) == Gemm(8, 16, 32, 576)
+    assert gemm_of(mod["conv2d_split"]) == Gemm(8, 16, 32, 576, convolution=True)
     # the bias and the epilogue fuse into the sum, not into the partial products
     assert set(mod) == {"conv2d_split", "fused_sum_splits_reshape_add_multiply"}
     assert "fused_conv2d_add_multiply" in kernels(module("wide"))  # unsplit: 625 tiles
@@ -79,4 +79,4 @@ def test_the_tiny_default_model_has_split_convolutions(default_build) -> None:
     # in `main` (batch 2: 32 rows) and `unguided` (batch 1)
     unet = kernels(relax_io.load_module(layout_of(default_build).legalized("unet")))
     split = {gemm_of(f) for name, f in unet.items() if name.startswith("conv2d_split")}
-    assert split == {Gemm(2, 32, 64, 576), Gemm(2, 16, 64, 576)}
+    assert split == {Gemm(2, 32, 64, 576, convolution=True), Gemm(2, 16, 64, 576, convolution=True)}

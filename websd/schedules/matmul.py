@@ -1,5 +1,5 @@
 """Matmul-like kernels (matmuls and every convolution, as an implicit GEMM) with tiles chosen per
-GEMM shape.
+GEMM shape and target.
 
 dlight's Matmul rule normalizes such a kernel to C[S, I, J] += A[S, I, K] * B[S, J, K] and tiles
 it with one configuration per target. On webgpu that is its generic one: 8x8 threads of 4x4
@@ -14,9 +14,15 @@ was the fastest tile for most UNet kernels on webgpu and cuda alike, 1.3-2.5x fa
 dlight's generic tile on webgpu; 128x64 and 128x128 (two virtual threads per axis) lost almost
 everywhere in the UNet; 32x32 beat 64x64 only on products too small to give every
 multiprocessor a 64x64 tile and not deep enough to make up for it (e.g. 512x1280 outputs of
-depth 1280: 2.6 against 2.95 ms). Not yet used: on the VAE decoder's far larger convolutions
-(65,536 rows and more), 128x128 was ahead (its convolutions took 155 ms in WebGPU and 108 ms
-natively with 128x128, against 186 and 139 with 64x64, in two runs on the same card).
+depth 1280: 2.6 against 2.95 ms). The VAE decoder's far wider products are another matter:
+there 128x128 won on both targets (`wide`).
+
+Interleaving each thread's outputs (bench/results/tile-sweep/interleaved/, 2026-11-27 21:07 UTC)
+removes the two-way bank conflicts of 4 consecutive rows a thread. Natively that made the UNet's
+convolutions faster (128x64 interleaved: conv2d_split5 6.19 -> 5.58 ms, all convolutions about 5
+ms a step), so cuda takes it for them; its matmuls stayed faster with 64x64. In Dawn it won
+nowhere (UNet step 135.9 ms, 138.4 with 64x64 interleaved everywhere): there the kernels are not
+bound by workgroup-memory conflicts.
 """
 
 from __future__ import annotations
@@ -41,29 +47,29 @@ TILES = {
     # bench/results/gpu-bench.md), but Chrome's SwiftShader adapter (a CPU) loses its device on
     # kernels 16 deep: 32x32, the tile of small products and so of the tiny default model's
     # every GEMM, stays 8 deep, and the page works there. Loops of more than 64 steps stay
-    # rolled (unroll=64): fully unrolled, 16 deep was slower (136.3 ms in WebGPU).
+    # rolled (unroll=64): fully unrolled, 16 deep was slower (136.3 ms in WebGPU). Measured and
+    # dropped (bench/results/tile-sweep/): 8x8 outputs a thread, 64x64 fully unrolled,
+    # interleaved outputs at 32x32, 64x64 and 128x128, and 128x64 16 deep (on the VAE decoder).
     "32x32": Config(block_size_x=8, block_size_y=8, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
     "64x64": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
     "64x64-k16": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
                         storage_align=True, unroll=64),
-    "64x64-k16-unrolled": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
-                                 storage_align=True),
     "128x64": Config(block_size_x=16, block_size_y=16, vthread_x=2, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                      storage_align=True),
     "128x128": Config(block_size_x=16, block_size_y=16, vthread_x=2, vthread_y=2, micro_size_x=4, micro_size_y=4,
                       micro_size_k=8, storage_align=True),
-    # 8x8 outputs a thread: each value read from workgroup memory feeds 8 multiply-adds, not 4.
-    "64x64-8x8": Config(block_size_x=8, block_size_y=8, micro_size_x=8, micro_size_y=8, micro_size_k=8,
-                        storage_align=True),
-    "128x128-8x8": Config(block_size_x=16, block_size_y=16, micro_size_x=8, micro_size_y=8, micro_size_k=8,
-                          storage_align=True),
+    # Each thread's outputs interleaved (virtual threads of one output each): the 16 threads of
+    # a warp that read a column of a staged tile read rows 17 words apart, 16 different banks.
+    # With 4 consecutive rows a thread, they are 68 words apart: 8 banks, two reads each.
+    "128x64-interleaved": Config(block_size_x=16, block_size_y=16, vthread_x=8, vthread_y=4, micro_size_x=1,
+                                 micro_size_y=1, micro_size_k=16, storage_align=True, unroll=64),
 }
 # dlight's CUDA configuration vectorizes loads in a form WebGPU's codegen rejects for some kernels.
 CUDA_ONLY = ("dlight-cuda",)
-# What choose_tile picks from.
-CHOSEN_FROM = ("32x32", "64x64-k16")
+# What choose_tile picks from, per target.
+CHOSEN_FROM = {"webgpu": ("32x32", "64x64-k16", "128x128"), "cuda": ("32x32", "64x64-k16", "128x64-interleaved", "128x128")}
 # Workgroups that keep a large GPU busy: two per multiprocessor of an H100 or H200 (132).
 MIN_WORKGROUPS = 264
 # Products deeper than this keep 64x64 ahead even with few workgroups (measured: 128x1280
@@ -73,12 +79,14 @@ DEEP = 5120
 
 @dataclass(frozen=True)
 class Gemm:
-    """A kernel's normalized extents: S batched I x K by K x J products."""
+    """A kernel's normalized extents: S batched I x K by K x J products; `convolution`: an
+    implicit GEMM (A gathered from an image through the window), not a matmul."""
 
     batch: int
     rows: int
     cols: int
     depth: int
+    convolution: bool = False
 
 
 def gemm_of(func) -> Gemm | None:
@@ -103,7 +111,8 @@ def gemm_of(func) -> Gemm | None:
     extents = [iv.dom.extent for iv in sch.get(main).iter_vars]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None  # dynamic shapes: dlight's configuration
-    return Gemm(*(int(e) for e in extents))
+    # Relax legalizes every convolution to a block named conv2d_*, and SplitK names its own so.
+    return Gemm(*(int(e) for e in extents), convolution=sch.get(main).name_hint.startswith("conv2d"))
 
 
 def tile_extent(config: Config) -> tuple[int, int]:
@@ -118,11 +127,29 @@ def workgroups(gemm: Gemm, config: Config) -> int:
     return gemm.batch * -(-gemm.rows // rows) * -(-gemm.cols // cols)
 
 
-def choose_tile(gemm: Gemm) -> str:
+def wide(gemm: Gemm) -> bool:
+    """Whether 128x128 tiles pay: a product of 8,192 rows or more (all batches), 128 to 512
+    columns in whole tiles, and depth 1,152 or more; a tile reads its rows of A once for 128
+    columns, not twice for 64. The VAE decoder's convolutions at 512x512 are such products
+    (8,192 to 262,144 rows): with 128x128 its decode took 170.3 ms in WebGPU and 111.5
+    natively, against 190.8 and 152.2 with 64x64 16 deep, and 181.6 and 136.7 with 128x64
+    (bench/results/tile-sweep/vae/, 2026-11-27 21:23 UTC). Shallow products (depth 512 and
+    less) and narrow ones (the 3 channels of RGB) were faster with 128x64 interleaved, and the
+    UNet's widest (8,192 x 640, depth 5,760) with 64x64 in WebGPU (4.35 against 4.96 ms in the
+    first sweep, bench/results/tile-sweep/profile-unet-variants.md: fused_conv2d29_add37)."""
+    return gemm.batch * gemm.rows >= 8192 and gemm.cols in (128, 256, 384, 512) and gemm.depth >= 1152
+
+
+def choose_tile(gemm: Gemm, target: str) -> str:
     """64x64 (16 deep), unless that leaves fewer than MIN_WORKGROUPS workgroups for a product
-    of depth at most DEEP: then 32x32, four times the workgroups."""
+    of depth at most DEEP: then 32x32, four times the workgroups; 128x128 for `wide` products.
+    Natively (cuda), other convolutions take 128x64 with interleaved outputs instead of 64x64."""
     if workgroups(gemm, TILES["64x64"]) < MIN_WORKGROUPS and gemm.depth <= DEEP:
         return "32x32"
+    if wide(gemm):
+        return "128x128"
+    if target == "cuda" and gemm.convolution:
+        return "128x64-interleaved"
     return "64x64-k16"
 
 
@@ -153,5 +180,5 @@ class Matmul(dl.gpu.Matmul):
             gemm = gemm_of(func)
             if gemm is None:  # not a GEMM we can read: dlight's rule decides, with its configuration
                 return super().apply(func, target, tunable)
-            tile = choose_tile(gemm)
+            tile = choose_tile(gemm, target.kind.name)
         return _Tiled(TILES[tile]).apply(func, target, tunable)
