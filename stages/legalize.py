@@ -27,7 +27,7 @@ def passes(binding_limit: int = BINDING_LIMIT) -> list:
         fuse_attention,  # one kernel per attention, no scores tensor (websd.attention PrimFuncs)
         split_wide_tensors(binding_limit),  # no tensor larger than a WebGPU binding (VAE at 512x512)
         split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
-        split_k,  # deep convolutions with few output tiles: their reduction split across workgroups
+        split_k,  # deep convolutions and matmuls with few output tiles: their reduction split across workgroups
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
         relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque
         relax.transform.FoldConstant(),

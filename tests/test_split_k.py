@@ -1,7 +1,7 @@
-"""SplitK (websd/passes/split_k.py): which convolutions it splits, the kernels it makes, and
-their results against PyTorch on llvm. In Chromium's WebGPU: the tiny default model's UNet
-has split convolutions (below), and tests/test_browser.py compares its images with
-diffusers'."""
+"""SplitK (websd/passes/split_k.py): which convolutions and matmuls it splits, the kernels it
+makes, and their results against PyTorch on llvm. In Chromium's WebGPU: the tiny default
+model's UNet has split convolutions (below), and tests/test_browser.py compares its images
+with diffusers'; tests/test_schedules.py runs a split matmul there."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import layout_of
 from stages.legalize import passes
 from websd import relax_io
 from websd.schedules.matmul import Gemm, gemm_of
-from websd.passes.split_k import splits_for
+from websd.passes.split_k import matmul_splits_for, splits_for
 
 # (input shape, weight shape, stride, padding): deep convolutions with small outputs, as at
 # SD's 16x16 and 8x8 latents (a strided one, as in its downsamplers), and a wide one.
@@ -60,6 +60,43 @@ def test_deep_convolutions_become_a_batched_gemm_and_an_elementwise_sum() -> Non
     # the bias and the epilogue fuse into the sum, not into the partial products
     assert set(mod) == {"conv2d_split", "fused_sum_splits_reshape_add_multiply"}
     assert "fused_conv2d_add_multiply" in kernels(module("wide"))  # unsplit: 625 tiles
+
+
+def test_deep_matmuls_split_as_the_32x32_tiles_need() -> None:
+    # rows, columns, depth: the text encoder's second MLP layer (77 tokens), the UNet's
+    # time-embedding layers (batch 2) and a projection at the 8x8 latents (2 x 64 tokens)
+    assert matmul_splits_for(77, 768, 3072) == 4  # 72 tiles of 32x32 -> 288
+    assert matmul_splits_for(2, 1280, 1280) == 2  # 40 -> 80, each split at least 576 deep
+    assert matmul_splits_for(128, 1280, 5120) == 2  # 160 -> 320
+    assert matmul_splits_for(77, 768, 768) == 1  # too shallow to split
+    assert matmul_splits_for(8192, 320, 1280) == 1  # 2560 tiles already
+
+
+def matmul_module() -> tvm.IRModule:
+    """A layer as the importer gives it: x @ weight.T + bias, 3072 deep on 77 rows."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 77, 3072), "float32"))
+    w, b = relax.Var("w", relax.TensorType((768, 3072), "float32")), relax.Var("b", relax.TensorType((768,), "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.add(relax.op.matmul(x, relax.op.permute_dims(w)), b))
+        bb.emit_func_output(out)
+    return tvm.transform.Sequential(passes())(bb.get())
+
+
+def test_deep_matmuls_become_a_batched_gemm_and_an_elementwise_sum() -> None:
+    mod = kernels(matmul_module())
+    assert gemm_of(mod["matmul_split"]) == Gemm(4, 77, 768, 768)
+    assert "fused_sum_splits_add" in mod  # the bias fuses into the sum
+
+
+def test_split_matmul_matches_pytorch_on_llvm() -> None:
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s, dtype=np.float32) for s in ((1, 77, 3072), (768, 3072), (768,))]
+    vm = relax.VirtualMachine(tvm.compile(matmul_module(), "llvm"), tvm.cpu())
+    got = vm["main"](*map(tvm.runtime.tensor, arrays)).numpy()
+    x, w, b = (torch.from_numpy(a).double() for a in arrays)
+    np.testing.assert_allclose(got, (x @ w.T + b).numpy(), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("name", CASES)

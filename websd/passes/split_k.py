@@ -1,4 +1,4 @@
-"""SplitK: deep convolutions with few output tiles split their reduction across workgroups.
+"""SplitK: deep products with few output tiles split their reduction across workgroups.
 
 Each workgroup of the matmul rule (websd/schedules/matmul.py) computes one tile of a GEMM's
 output, however deep its reduction. SD 1.5's convolutions at 16x16 and 8x8 latents have
@@ -12,8 +12,9 @@ Such a convolution becomes two kernels:
 
 The first is still one implicit GEMM for the matmul rule, batched over the S splits (S times
 the workgroups); the second is elementwise, so FuseOps fuses the convolution's epilogue (bias,
-residual, scale) into it. The sums over input channels are reassociated: results differ from
-PyTorch's by rounding only.
+residual, scale) into it. Matmuls by a weight matrix split the same way (partial[s, ..., n]):
+the text encoder's second MLP layer, 77 rows x 768 x 3072 deep, is 72 tiles of 32x32. The
+sums are reassociated: results differ from PyTorch's by rounding only.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ MIN_SPLIT_DEPTH = 576
 
 
 @functools.cache
-def _conv2d_op():
-    return tvm.ir.Op.get("relax.nn.conv2d")
+def _op(name: str):
+    return tvm.ir.Op.get(name)
 
 
 def splits_for(rows: int, cols: int, depth: int, channels: int) -> int:
@@ -45,6 +46,16 @@ def splits_for(rows: int, cols: int, depth: int, channels: int) -> int:
     splits = 1
     while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES["64x64"]) < FILL
            and depth // (2 * splits) >= MIN_SPLIT_DEPTH and channels % (2 * splits) == 0):
+        splits *= 2
+    return splits
+
+
+def matmul_splits_for(rows: int, cols: int, depth: int) -> int:
+    """The number of splits of a matmul's depth: a power of two that divides it, until the 32x32
+    tiles the matmul rule gives such small products make MIN_WORKGROUPS."""
+    splits = 1
+    while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES["32x32"]) < MIN_WORKGROUPS
+           and depth // (2 * splits) >= MIN_SPLIT_DEPTH and depth % (2 * splits) == 0):
         splits *= 2
     return splits
 
@@ -68,12 +79,25 @@ def _partial_conv2d(data, weight, splits: int, out_shape, strides, padding, dila
     )
 
 
-def _sum_splits(partial):
+def _partial_matmul(x, weight, splits: int):
     from tvm import te
 
-    n, splits, o, height, width = partial.shape
-    return te.compute((n, o, height, width),
-                      lambda b, f, y, x: functools.reduce(operator.add, (partial[b, s, f, y, x] for s in range(int(splits)))),
+    depth = x.shape[-1] // splits
+    k = te.reduce_axis((0, depth), "k")
+    return te.compute(
+        (splits, *x.shape[:-1], weight.shape[1]),
+        lambda s, *index: te.sum(x[(*index[:-1], s * depth + k)] * weight[s * depth + k, index[-1]], axis=k),
+        name="matmul_split",
+    )
+
+
+def _sum_splits(partial, axis: int):
+    from tvm import te
+
+    splits = int(partial.shape[axis])
+    shape = [*partial.shape[:axis], *partial.shape[axis + 1:]]
+    return te.compute(shape,
+                      lambda *index: functools.reduce(operator.add, (partial[(*index[:axis], s, *index[axis:])] for s in range(splits))),
                       name="sum_splits")
 
 
@@ -81,8 +105,15 @@ def _sum_splits(partial):
 class _Splitter(PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call, relax.Call) and call.op.same_as(_conv2d_op())):
+        if not isinstance(call, relax.Call):
             return call
+        if call.op.same_as(_op("relax.nn.conv2d")):
+            return self.split_conv2d(call)
+        if call.op.same_as(_op("relax.matmul")):
+            return self.split_matmul(call)
+        return call
+
+    def split_conv2d(self, call):
         data, weight = call.args
         attrs = call.attrs
         shapes = [static_shape(e) for e in (data, weight, call)]
@@ -97,7 +128,20 @@ class _Splitter(PyExprMutator):
         partial = self.builder_.emit(self.builder_.call_te(
             _partial_conv2d, data, weight, splits, shapes[2], ints(attrs.strides), ints(attrs.padding), ints(attrs.dilation),
             primfunc_name_hint="conv2d_split"))
-        return self.builder_.call_te(_sum_splits, partial, primfunc_name_hint="sum_splits")
+        return self.builder_.call_te(_sum_splits, partial, 1, primfunc_name_hint="sum_splits")
+
+    def split_matmul(self, call):
+        """x (..., K) @ weight (K, N), weight a matrix (every matmul by a layer's weight)."""
+        x, weight = call.args
+        x_shape, w_shape = static_shape(x), static_shape(weight)
+        if (x_shape is None or w_shape is None or len(w_shape) != 2 or len(x_shape) < 2
+                or x.ty.dtype != "float32" or call.ty.dtype != "float32"):
+            return call
+        splits = matmul_splits_for(functools.reduce(operator.mul, x_shape[:-1]), w_shape[1], w_shape[0])
+        if splits == 1:
+            return call
+        partial = self.builder_.emit(self.builder_.call_te(_partial_matmul, x, weight, splits, primfunc_name_hint="matmul_split"))
+        return self.builder_.call_te(_sum_splits, partial, 0, primfunc_name_hint="sum_splits")
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitK")
