@@ -10,7 +10,7 @@ writes gpu-bench.json, gpu-bench.md and gpu-bench.png into --out.
 
 The native CUDA row and the WebGPU row with Dawn's default robustness also time variants:
 other builds of a component, each named <component>-<name> (e.g. unet-untuned,
-vae_decoder-tile-128x128), the carry's cuda/<variant>.so and webgpu/<variant>.wasm (a variant
+vae_decoder-tile-64x64-k16), the carry's cuda/<variant>.so and webgpu/<variant>.wasm (a variant
 built for CUDA only has no .wasm), on the component's weights, after the generation; the report
 puts each variant's `main` below its component's. Those two rows also profile every kernel of
 every component and variant (bench/profile_cuda.py, webgpu_node.mjs's `profile`),
@@ -99,7 +99,7 @@ def component_of(variant: str) -> str:
     component, dash, name = variant.partition("-")
     if component not in COMPONENTS or not dash or not name:
         raise ValueError(f"{variant!r}: a variant is named <component>-<name>, the component one of {', '.join(COMPONENTS)} "
-                         "(e.g. unet-untuned, vae_decoder-tile-128x128)")
+                         "(e.g. unet-untuned, vae_decoder-tile-64x64-k16)")
     return component
 
 

@@ -8,7 +8,7 @@ builds, from the config's legalized component through the real stages (apply_db 
 forced, memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/COMPONENT-tile-T.so.xz,
 webgpu/COMPONENT-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): variants that
 `bench/gpu_bench.sh C COMPONENT-tile-T...` times and profiles beside the component's own build
-(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-128x128.
+(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-64x64-k16.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def build_variant(config_file: Path, component: str, tile: str, carry: Path) -> 
 
 def main() -> None:
     from websd.config import COMPONENTS
-    from websd.schedules.matmul import TILES
+    from websd.schedules.matmul import TILES, VECTOR_TILES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "sd-v1-5-random.yaml")
     parser.add_argument("--component", choices=COMPONENTS, default="unet")
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
-    parser.add_argument("tiles", nargs="+", choices=TILES)
+    parser.add_argument("tiles", nargs="+", choices=(*TILES, *VECTOR_TILES))
     args = parser.parse_args()
     for tile in args.tiles:
         build_variant(args.config, args.component, tile, args.carry)
