@@ -211,8 +211,9 @@ class _Tiled(dl.gpu.Matmul):
 
 
 class Matmul(dl.gpu.Matmul):
-    """dlight's Matmul rule, tiled per kernel by `choose_tile`, or with one tile for every kernel
-    (`tile`, a key of TILES: for measuring one tile against another)."""
+    """Every matmul-like kernel with the tile `choose_tile` picks for it, or with one tile for
+    every kernel (`tile`, a key of TILES or VECTOR_TILES: for measuring one tile against
+    another); kernels whose GEMM it cannot read get dlight's rule with its own configuration."""
 
     def __init__(self, tile: str | None = None):
         super().__init__()
