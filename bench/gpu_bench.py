@@ -536,10 +536,11 @@ def markdown(results: dict) -> str:
 def variants_table(rows: dict) -> list[str]:
     """Other builds of each component (`main`, ms), each below the component's own build, in
     every row that ran them ("-": not in that row, e.g. a variant built for CUDA only)."""
-    engines = [name for name in ROW_LABELS if name in rows and variants_of(rows[name])]
+    ran = {name: variants_of(rows[name]) for name in ROW_LABELS if name in rows}
+    engines = [name for name, variants in ran.items() if variants]
     if not engines:
         return []
-    variants = {v: t["component"] for name in engines for v, t in variants_of(rows[name]).items()}
+    variants = {v: t["component"] for name in engines for v, t in ran[name].items()}
     digits = lambda component: 2 if component == "text_encoder" else 1  # noqa: E731  (as the table above)
     lines = ["", "Other builds of a component, same run, each below the component's own build (the table above): `main`, ms "
              "(the UNet's: the step at batch 2):", "", "| build | " + " | ".join(ROW_LABELS[name] for name in engines) + " |",
@@ -548,7 +549,7 @@ def variants_table(rows: dict) -> list[str]:
         lines.append(f"| {component} (the build above) | " + " | ".join(f"{rows[name][component]['median_ms']:.{digits(component)}f}"
                                                                           for name in engines) + " |")
         for variant in (v for v, c in variants.items() if c == component):
-            cells = [variants_of(rows[name]).get(variant) for name in engines]
+            cells = [ran[name].get(variant) for name in engines]
             lines.append(f"| {variant} | " + " | ".join(f"{t['median_ms']:.{digits(component)}f}" if t else "-" for t in cells) + " |")
     return lines
 

@@ -41,23 +41,25 @@ def _op(name: str):
     return tvm.ir.Op.get(name)
 
 
-def splits_for(rows: int, cols: int, depth: int, channels: int) -> int:
-    """The number of splits of a convolution's input channels: a power of two that divides them."""
+def _splits(rows: int, cols: int, depth: int, divides: int, tile: str, fill: int) -> int:
+    """Doubling splits (a power of two that divides `divides`) while the product's tiles of
+    `tile` make fewer than `fill` workgroups and each split stays MIN_SPLIT_DEPTH deep."""
     splits = 1
-    while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES["64x64"]) < FILL
-           and depth // (2 * splits) >= MIN_SPLIT_DEPTH and channels % (2 * splits) == 0):
+    while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES[tile]) < fill
+           and depth // (2 * splits) >= MIN_SPLIT_DEPTH and divides % (2 * splits) == 0):
         splits *= 2
     return splits
+
+
+def splits_for(rows: int, cols: int, depth: int, channels: int) -> int:
+    """The number of splits of a convolution's input channels: a power of two that divides them."""
+    return _splits(rows, cols, depth, channels, "64x64", FILL)
 
 
 def matmul_splits_for(rows: int, cols: int, depth: int) -> int:
     """The number of splits of a matmul's depth: a power of two that divides it, until the 32x32
     tiles the matmul rule gives such small products make MIN_WORKGROUPS."""
-    splits = 1
-    while (workgroups(Gemm(splits, rows, cols, depth // splits), TILES["32x32"]) < MIN_WORKGROUPS
-           and depth // (2 * splits) >= MIN_SPLIT_DEPTH and depth % (2 * splits) == 0):
-        splits *= 2
-    return splits
+    return _splits(rows, cols, depth, depth, "32x32", MIN_WORKGROUPS)
 
 
 def _partial_conv2d(data, weight, splits: int, out_shape, strides, padding, dilation):

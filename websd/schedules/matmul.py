@@ -82,10 +82,11 @@ class Gemm:
     convolution: bool = False
 
 
-def gemm_of(func) -> Gemm | None:
-    """The normalized GEMM of a matmul-like PrimFunc, as dlight's Matmul rule sees it; None for
+def normalized(func):
+    """(schedule, its product block) with the product as dlight's Matmul rule normalizes it,
+    C[S, I, J] += A[S, I, K] * B[S, J, K], its operands reindexed to that layout; None for
     any other kernel."""
-    from tvm import s_tir, tirx
+    from tvm import s_tir
     from tvm.s_tir.dlight.analysis import get_root_block
     from tvm.s_tir.dlight.gpu import matmul
 
@@ -98,9 +99,22 @@ def gemm_of(func) -> Gemm | None:
     if reductions is None or not matmul.get_index_map(sch.get(reductions[0])):
         return None
     main = reductions[0]
-    for buffer in (("read", 0), ("read", 1), ("write", 0)):
-        sch.reindex(main, buffer)
-    sch.transform_block_layout(main, matmul.get_index_map(sch.get(main))[0])
+    reindexed = [sch.reindex(main, buffer) for buffer in (("read", 0), ("read", 1), ("write", 0))]
+    block_map, *buffer_maps = matmul.get_index_map(sch.get(main))
+    for block, buffer, index_map in zip(reindexed, (("write", 0), ("write", 0), ("read", 0)), buffer_maps):
+        sch.transform_layout(block, buffer, index_map)
+    sch.transform_block_layout(main, block_map)
+    return sch, main
+
+
+def gemm_of(func) -> Gemm | None:
+    """The normalized GEMM of a matmul-like PrimFunc, as dlight's Matmul rule sees it; None for
+    any other kernel."""
+    from tvm import tirx
+
+    if (found := normalized(func)) is None:
+        return None
+    sch, main = found
     extents = [iv.dom.extent for iv in sch.get(main).iter_vars]
     if not all(isinstance(e, tirx.IntImm) for e in extents):
         return None  # dynamic shapes: dlight's configuration
@@ -143,19 +157,10 @@ def schedule_vector_columns(func, gemm: Gemm, depth: int, threads: int = 16, lan
     codegen splits into one load per lane, each at an index divided by 4.) `gemm` is
     gemm_of(func): a convolution's A (an image) is fetched along its rows, a matmul's along its
     depth, the way each is contiguous in memory."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import get_root_block
     from tvm.s_tir.dlight.gpu import matmul
 
-    sch = s_tir.Schedule(func)
-    main = matmul.get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))[0]
-    # C[S, I, J] += A[S, I, K] * B[S, J, K], padded to whole tiles
-    reindexed = [sch.reindex(main, buffer) for buffer in (("read", 0), ("read", 1), ("write", 0))]
-    block_map, *buffer_maps = matmul.get_index_map(sch.get(main))
-    for block, buffer, index_map in zip(reindexed, (("write", 0), ("write", 0), ("read", 0)), buffer_maps):
-        sch.transform_layout(block, buffer, index_map)
-    sch.transform_block_layout(main, block_map)
-    sch.pad_einsum(main, [1, threads * lanes, threads * lanes, depth])
+    sch, main = normalized(func)
+    sch.pad_einsum(main, [1, threads * lanes, threads * lanes, depth])  # whole tiles
     batch, i, j, k = sch.get_loops(main)
     bi, vi, ti = sch.split(i, [None, lanes, threads])
     bj, tj, vj = sch.split(j, [None, threads, lanes])
