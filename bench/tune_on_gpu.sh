@@ -63,7 +63,7 @@ EOF
   cp tuning_db/"$target"/*.json "$OUT/$target/" 2>/dev/null || true  # merge into what is committed
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/tune-gpu.txt"
   flags=()
-  for name in strategy trials batch kernels minutes timeout_s tracker key; do
+  for name in strategy trials batch kernels minutes timeout_s tracker key tuners; do
     value=$(option "$name")
     if [ -n "$value" ]; then flags+=("--${name//_/-}" "$value"); fi
   done

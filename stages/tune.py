@@ -184,7 +184,7 @@ def until(deadline: float, strategy):
     return UntilDeadline(strategy)
 
 
-def cost_model(strategy: str):
+def cost_model(strategy: str, cores: int):
     """XGBoost's where the evolutionary search can have it (the `tune` extra), else random
     predictions (the evolutionary search then still breeds from the best measured)."""
     from tvm.s_tir import meta_schedule as ms
@@ -198,7 +198,7 @@ def cost_model(strategy: str):
         print("tune: evolutionary search, random cost model (xgboost is not installed)")
         return ms.cost_model.CostModel.create("random")
     print("tune: evolutionary search, XGBoost cost model")
-    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=os.cpu_count())
+    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
 
 
 def evaluator_config():
@@ -240,59 +240,146 @@ def tune(modules: list[Path], database: Path, options: dict) -> None:
     a time, starting no batch after `minutes`; merge the best of each into `database` after
     every batch. A candidate gets `timeout_s` to build and as long to run; failures are
     reported, a kernel none of whose candidates could be measured is tried once more, and no
-    failure is stored. `options` are the config's `stages.tune`."""
+    failure is stored. With `tuners` > 1, that many processes (`tuner`) tune every tuners-th
+    kernel each, all measuring on the tracker's servers, and this one merges what they find
+    into `database` as they go. `options` are the config's `stages.tune`."""
     import tvm_ffi
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
-    target = options["target"]
+    target, tuners = options["target"], options.get("tuners", 1)
+    if tuners > 1 and not options.get("tracker"):
+        # One GPU measuring several tuners' candidates at once would time them against each other.
+        raise SystemExit("tune: tuners > 1 measure on RPC servers, one candidate at a time each: "
+                         "set tracker and key too (`python3 -m stages.tune serve` starts them)")
     if target == "cuda" and not options.get("tracker") and not cuda_present():
         raise SystemExit("tune: target cuda measures on an NVIDIA GPU and this machine has none "
                          "(bench/tune_on_gpu.sh runs it on the device machine; a tracker option measures elsewhere)")
     committed = [JSONDatabase(work_dir=str(database))] if tuning_database(database) else []
-    tuned = tuned_kernels(committed)
-    kernels = kernels_by_weight(modules, tuning_target(target, num_cores=os.cpu_count()))
-    left = [task for task in kernels if tvm_ffi.structural_hash(task.dispatched[0]) not in tuned]
-    todo = left[: options.get("kernels")]
-    print(f"tune: {target}: {len(kernels) - len(left)} of {len(kernels)} kernels already tuned; "
-          f"this run tunes up to {len(todo)}")
-    search_cost_model = cost_model(options["strategy"])
-    # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
-    # can take longer than MetaSchedule's default 30 s.
-    builder = ms.builder.LocalBuilder(timeout_sec=options["timeout_s"])
-    measure = runner(options)
+    kernels, todo = kernels_to_tune(modules, committed, options)
+    print(f"tune: {target}: {len(kernels) - len(todo)} of {len(kernels)} kernels already tuned; "
+          f"this run tunes up to {len(todo[:options.get('kernels')])}" + (f" with {tuners} tuners" if tuners > 1 else ""))
+    todo = todo[: options.get("kernels")]
     end = time.monotonic() + 60 * options["minutes"]
     with tempfile.TemporaryDirectory(prefix="websd-tune-") as work_dir:
-        results = JSONDatabase(work_dir=work_dir)
-        failures = failure_log()
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures,
-                     merge_each_batch(database, committed, results)]
-        for done, task in enumerate(todo):
-            if time.monotonic() > end:
-                break
-            print(f"tune: {task.task_name} ({done + 1}/{len(todo)})", flush=True)
-            key = tvm_ffi.structural_hash(task.dispatched[0])
-            for attempt in (1, 2):
-                failures.errors.clear()
-                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    [task], work_dir, strategy=until(end, ms.search_strategy.SearchStrategy.create(options["strategy"])),
-                    num_threads="logical",
-                )
-                ms.tune_tasks(
-                    tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=options["trials"],
-                    num_trials_per_iter=options["batch"], builder=builder, runner=measure,
-                    cost_model=search_cost_model, database=results, measure_callbacks=callbacks,
-                )
-                if failures.errors:
-                    print(f"tune: {task.task_name}: {len(failures.errors)} candidate(s) failed to build or run "
-                          f"(not stored), e.g.: {failures.errors[0]}")
-                if key in tuned_kernels([results]) or time.monotonic() > end:
-                    break
-                print(f"tune: {task.task_name}: no candidate could be measured" + ("; trying once more" if attempt == 1 else ""))
-        tuned = tuned_kernels([*committed, results])
+        if tuners == 1:
+            tune_kernels(todo, Path(work_dir), database, committed, options, end, os.cpu_count())
+        else:
+            run_tuners(modules, database, committed, Path(work_dir), options)
+        tuned = tuned_kernels([JSONDatabase(work_dir=str(database))])
     untuned = sum(tvm_ffi.structural_hash(task.dispatched[0]) not in tuned for task in kernels)
     spent = f"{options['minutes']} min spent; " if time.monotonic() > end else ""
     print(f"tune: {len(tuned)} kernels in {database}; {spent}{untuned} left for the next run")
+
+
+def kernels_to_tune(modules: list[Path], committed: list, options: dict) -> tuple[list, list]:
+    """Every kernel of the modules, heaviest first, and those of them without a record in
+    `committed`. The same on every call with the same inputs: each tuner takes its share of
+    the second list by position."""
+    import tvm_ffi
+
+    tuned = tuned_kernels(committed)
+    kernels = kernels_by_weight(modules, tuning_target(options["target"], num_cores=os.cpu_count()))
+    return kernels, [task for task in kernels if tvm_ffi.structural_hash(task.dispatched[0]) not in tuned]
+
+
+def tune_kernels(todo: list, work_dir: Path, folder: Path, committed: list, options: dict, end: float, cores: int) -> None:
+    """MetaSchedule for each kernel of `todo` in turn until time.monotonic() passes `end`,
+    with `cores` CPU cores for the search and the builds; after every batch the best records
+    of `committed` and of this run go into the database in `folder`."""
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    search_cost_model = cost_model(options["strategy"], cores)
+    # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
+    # can take longer than MetaSchedule's default 30 s.
+    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=options["timeout_s"])
+    measure = runner(options)
+    results = JSONDatabase(work_dir=str(work_dir))
+    failures = failure_log()
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures,
+                 merge_each_batch(folder, committed, results)]
+    for done, task in enumerate(todo):
+        if time.monotonic() > end:
+            break
+        print(f"tune: {task.task_name} ({done + 1}/{len(todo)})", flush=True)
+        key = tvm_ffi.structural_hash(task.dispatched[0])
+        for attempt in (1, 2):
+            failures.errors.clear()
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                [task], str(work_dir), strategy=until(end, ms.search_strategy.SearchStrategy.create(options["strategy"])), num_threads=cores,
+            )
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=options["trials"],
+                num_trials_per_iter=options["batch"], builder=builder, runner=measure,
+                cost_model=search_cost_model, database=results, measure_callbacks=callbacks,
+            )
+            if failures.errors:
+                print(f"tune: {task.task_name}: {len(failures.errors)} candidate(s) failed to build or run "
+                      f"(not stored), e.g.: {failures.errors[0]}")
+            if key in tuned_kernels([results]) or time.monotonic() > end:
+                break
+            print(f"tune: {task.task_name}: no candidate could be measured" + ("; trying once more" if attempt == 1 else ""))
+
+
+def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: Path, options: dict) -> None:
+    """options["tuners"] processes `python3 -m stages.tune tuner`, tuner i taking every
+    tuners-th kernel from the i-th and keeping its records in a folder of its own; their
+    best records and `committed`'s are merged into `database` every few seconds while they
+    run, and once more when the last has ended (or this one is stopped)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    tuners = options["tuners"]
+    folders = [work_dir / f"tuner-{i}" for i in range(tuners)]
+    # The tuners share out the kernels that this copy lacks: `database` changes as they go.
+    before = work_dir / "committed"
+    if tuning_database(database):
+        shutil.copytree(database, before)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in options.items()
+             if name in ("target", "strategy", "trials", "batch", "kernels", "minutes", "timeout_s", "tracker", "key")]
+    cores = max(1, os.cpu_count() // tuners)
+
+    def merge() -> None:
+        found = [JSONDatabase(work_dir=str(f)) for f in folders if tuning_database(f)]
+        save_database(best_records([*committed, *found]), database)
+
+    processes = []
+    try:
+        for i, folder in enumerate(folders):
+            folder.mkdir()
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "stages.tune", "tuner", str(folder), str(before), *map(str, modules),
+                 f"--share={i}/{tuners}", f"--cores={cores}", *flags],
+                cwd=Path(__file__).resolve().parent.parent))
+        while any(process.poll() is None for process in processes):
+            time.sleep(10)
+            merge()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
+        merge()
+    failed = [i for i, process in enumerate(processes) if process.returncode]
+    if failed:
+        raise SystemExit(f"tune: tuner(s) {', '.join(map(str, failed))} failed (their records so far are merged)")
+
+
+def tuner(folder: Path, database: Path, modules: list[Path], share: str, cores: int, options: dict) -> None:
+    """One of run_tuners' processes: of the kernels that `database` lacks, those at positions
+    i, i + n, i + 2n, ... (share "i/n"), tuned into the database in `folder`."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    i, n = map(int, share.split("/"))
+    committed = [JSONDatabase(work_dir=str(database))] if tuning_database(database) else []
+    _, todo = kernels_to_tune(modules, committed, options)
+    end = time.monotonic() + 60 * options["minutes"]
+    with tempfile.TemporaryDirectory(prefix=f"websd-tuner-{i}-") as work_dir:
+        tune_kernels(todo[: options.get("kernels")][i::n], Path(work_dir), folder, [], options, end, cores)
 
 
 def drop_losing_records(database: Path, module: Path, target: str, profile: Path, tuned: str, default: str) -> None:
@@ -416,24 +503,38 @@ def task(config: Config, layout: Layout) -> dict:
 
 def main() -> None:
     """`python3 -m stages.tune`: `tune` is what `doit tune` runs, for a machine that has the
-    GPU and the build's legalized modules but not the rest of the build tree; `drop-losing`
+    GPU and the build's legalized modules but not the rest of the build tree (`tuner` is one
+    of the processes it starts with --tuners); `drop-losing`
     prunes the database with a per-kernel profile; `serve` starts TVM's RPC tracker and one
     RPC server per GPU for `tune --tracker` to measure on."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def tuning_options(command) -> None:
+        """The config's stages.tune, as options (tuners aside)."""
+        command.add_argument("--target", choices=TUNABLE, default="cuda")
+        command.add_argument("--strategy", choices=TUNING_STRATEGIES, default="evolutionary")
+        command.add_argument("--trials", type=int, required=True, help="candidates measured per kernel")
+        command.add_argument("--batch", type=int, required=True, help="candidates measured at a time")
+        command.add_argument("--kernels", type=int, help="tune at most this many kernels (default: all)")
+        command.add_argument("--minutes", type=float, required=True, help="start no batch after this long")
+        command.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
+        command.add_argument("--tracker", help="host:port of the RPC tracker whose servers measure (default: this machine)")
+        command.add_argument("--key", help="the servers' key at the tracker")
+
     run = commands.add_parser("tune", help="the options are the config's stages.tune")
     run.add_argument("database", type=Path, help="the tuning_db/<target> folder to merge into")
     run.add_argument("modules", type=Path, nargs="+", metavar="module", help="a legalized.json per component")
-    run.add_argument("--target", choices=TUNABLE, default="cuda")
-    run.add_argument("--strategy", choices=TUNING_STRATEGIES, default="evolutionary")
-    run.add_argument("--trials", type=int, required=True, help="candidates measured per kernel")
-    run.add_argument("--batch", type=int, required=True, help="candidates measured at a time")
-    run.add_argument("--kernels", type=int, help="tune at most this many kernels (default: all)")
-    run.add_argument("--minutes", type=float, required=True, help="start no batch after this long")
-    run.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
-    run.add_argument("--tracker", help="host:port of the RPC tracker whose servers measure (default: this machine)")
-    run.add_argument("--key", help="the servers' key at the tracker")
+    tuning_options(run)
+    run.add_argument("--tuners", type=int, default=1, help="tuning processes at once, all measuring on the tracker's servers")
+
+    share = commands.add_parser("tuner", help="one of the processes that `tune --tuners N` starts")
+    share.add_argument("folder", type=Path, help="where this tuner keeps its records")
+    share.add_argument("database", type=Path, help="the database whose kernels are tuned already")
+    share.add_argument("modules", type=Path, nargs="+", metavar="module", help="a legalized.json per component")
+    share.add_argument("--share", required=True, help="i/n: this tuner takes kernels i, i + n, i + 2n, ...")
+    share.add_argument("--cores", type=int, required=True, help="CPU cores for its search and builds")
+    tuning_options(share)
 
     drop = commands.add_parser("drop-losing", help="keep only the records that beat the default schedule")
     drop.add_argument("database", type=Path, help="the tuning_db/<target> folder to prune")
@@ -454,11 +555,14 @@ def main() -> None:
     rpc.add_argument("--logs", type=Path, help="a log file per process in this folder (default: this terminal)")
 
     args = parser.parse_args()
-    if args.command == "tune":
+    if args.command in ("tune", "tuner"):
         if (args.tracker is None) != (args.key is None):
             parser.error("--tracker and --key go together")
         options = {name: value for name, value in vars(args).items() if value is not None}
-        tune(args.modules, args.database, options)
+        if args.command == "tune":
+            tune(args.modules, args.database, options)
+        else:
+            tuner(args.folder, args.database, args.modules, args.share, args.cores, options)
     elif args.command == "drop-losing":
         drop_losing_records(args.database, args.module, args.target, args.profile, args.tuned, args.default)
     else:

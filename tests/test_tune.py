@@ -153,16 +153,26 @@ def rpc_servers(tmp_path) -> tuple[str, Path]:
                 process.kill()
 
 
-def test_tuning_through_an_rpc_tracker(tuned, rpc_servers) -> None:
+def test_tuners_share_the_kernels_through_an_rpc_tracker(tuned, rpc_servers) -> None:
     """With `tracker` and `key`, the candidates run on the RPC servers the tracker holds, as
-    many at once as there are servers: both measure, and the best lands in the database."""
+    many at once as there are servers; with `tuners`, that many processes tune a share of the
+    kernels each, measuring on the same servers, and their best records land in the database."""
     config, database = tuned
     tracker, logs = rpc_servers
     before = len(records(database / "llvm"))
     write_config(config, {"stages": {"tune": {"strategy": "evolutionary", "trials": 8, "batch": 8, "timeout_s": 300,
-                                               "tracker": tracker, "key": "llvm"}}}, base=config)
-    _, result = doit(f"config={config}", "tune", timeout_s=600)
-    assert f"measuring on 2 RPC server(s) with key 'llvm' at {tracker}" in result.stdout
-    assert len(records(database / "llvm")) == before + 1
+                                               "kernels": 2, "tuners": 2, "tracker": tracker, "key": "llvm"}}}, base=config)
+    _, result = doit(f"config={config}", "tune", timeout_s=900)
+    assert "this run tunes up to 2 with 2 tuners" in result.stdout
+    assert result.stdout.count(f"measuring on 2 RPC server(s) with key 'llvm' at {tracker}") == 2
+    assert len(records(database / "llvm")) == before + 2
     sessions = {log.name: log.read_text().count("load_module") for log in logs.glob("server-*.log")}
     assert len(sessions) == 2 and all(sessions.values()), sessions
+
+
+def test_tuners_need_a_tracker(tmp_path) -> None:
+    """Several tuners measuring on this machine's one device would time each other's load."""
+    from stages.tune import tune
+
+    with pytest.raises(SystemExit, match="tuners > 1 measure on RPC servers, one candidate at a time each: set tracker and key too"):
+        tune([], tmp_path, {"target": "llvm", "tuners": 2})

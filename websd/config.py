@@ -117,6 +117,7 @@ SCHEMA = _object(
                             "timeout_s": {"type": "number", "exclusiveMinimum": 0},
                             "tracker": {"type": "string", "pattern": r"^[^\s:]+:[0-9]+$", "description": "host:port"},
                             "key": {"type": "string", "minLength": 1},
+                            "tuners": {"type": "integer", "minimum": 1},
                         },
                         ["components", "target", "strategy", "trials", "batch", "minutes", "timeout_s"],
                     ),
