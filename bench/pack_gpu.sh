@@ -56,7 +56,7 @@ from websd.config import load_config
 from websd.paths import DIST
 config = load_config(sys.argv[1])
 built = json.loads((DIST / 'manifest.json').read_text())['build']['config']
-if built != str(config.path):
+if built != config.shown_path:
     sys.exit(f'{DIST} holds the bundle of {built}: run doit config={sys.argv[1]} dist')
 print(DIST)" "$2")
   mkdir -p "$1"

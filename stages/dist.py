@@ -124,7 +124,7 @@ def fingerprint(config: Config, components: list[str], inputs: list[str]) -> str
 def dist(config: Config, layout: Layout, components: list[str], inputs: list[str], out_dir: Path) -> None:
     plans = scheduler_plans(config, layout)
     max_steps = {name: len(by_steps) for name, by_steps in plans.items()}
-    build = {"config": str(config.path), "fingerprint": fingerprint(config, components, inputs)}
+    build = {"config": config.shown_path, "fingerprint": fingerprint(config, components, inputs)}
     with atomic_path(out_dir) as tmp:
         (tmp / "src").mkdir(parents=True)
         shutil.copy(WEB / "index.html", tmp / "index.html")

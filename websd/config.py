@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from .architecture import read_vae_config, vae_scale_factor
+from .paths import ROOT
 from .targets import TUNABLE, TUNING_STRATEGIES
 
 COMPONENTS = ["text_encoder", "unet", "vae_decoder"]
@@ -146,6 +147,12 @@ class Config:
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def shown_path(self) -> str:
+        """The path a bundle's manifest names: relative to the repository for a config in it,
+        so that a published bundle holds no folder of the machine that built it."""
+        return str(self.path.relative_to(ROOT)) if self.path.is_relative_to(ROOT) else str(self.path)
 
     @property
     def build_key(self) -> str:
