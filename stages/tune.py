@@ -469,8 +469,10 @@ def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: 
         elif (before := registered()) is None:
             raise SystemExit(f"serve: no RPC tracker answers at {tracker}")
         for gpu in range(gpus):
+            # --no-fork: each session in a spawned process. A forked one inherits the server's
+            # CUDA state and fails every call with cudaErrorInitializationError (H200, 2026-11-28).
             processes[f"server-{gpu}"] = start(f"server-{gpu}", "tvm.exec.rpc_server", "--tracker", tracker,
-                                               "--key", key, "--host", host, CUDA_VISIBLE_DEVICES=str(gpu))
+                                               "--key", key, "--host", host, "--no-fork", CUDA_VISIBLE_DEVICES=str(gpu))
         end = time.monotonic() + 120  # a busy machine needs a while to import TVM in each
         while (registered() or 0) < before + gpus:
             if ended() or time.monotonic() > end:
