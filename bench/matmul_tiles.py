@@ -1,14 +1,17 @@
 """A component (the UNet unless told) built once per matmul tile, to measure the tiles of
 websd.schedules.matmul against each other on the GPU (every matmul and convolution with the
-same tile):
+same tile), or once per flash-attention tile config of one head dim:
 
     python3 bench/matmul_tiles.py [--config C] [--component COMPONENT] TILE...   here, after `doit config=C dist`
+    python3 bench/matmul_tiles.py [--component COMPONENT] --attention D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS...
 
 builds, from the config's legalized component through the real stages (apply_db with the tile
 forced, memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/COMPONENT-tile-T.so.xz,
 webgpu/COMPONENT-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): variants that
 `bench/gpu_bench.sh C COMPONENT-tile-T...` times and profiles beside the component's own build
-(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-64x64-k16.
+(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-64x64-k16. An attention config
+(websd.kernels.attention.TileConfig's fields, checked by it) replaces the table's for head dim
+D, the matmul tiles staying the rule's: unet-attention-40-BQ64-BK32-..., say.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def build_variant(config_file: Path, component: str, tile: str, carry: Path) -> None:
+def build_variant(config_file: Path, component: str, name: str, carry: Path, tile: str | None = None,
+                  attention_tiles: dict | None = None) -> None:
+    """The component's build as variant `name`, with `tile` for every matmul (else the rule's
+    per kernel) and `attention_tiles` (per head dim) for the flash attentions."""
     from stages import apply_db, build, build_runtime, build_wasm, memory_plan
     from websd.config import load_config
     from websd.paths import Layout
@@ -38,7 +44,8 @@ def build_variant(config_file: Path, component: str, tile: str, carry: Path) -> 
         tmp = Path(tmp)
         for target in ("cuda",) if tile in CUDA_ONLY else ("cuda", "webgpu"):
             database = apply_db.database_files(config.database_path, target)
-            apply_db.apply_db(layout.legalized(component), target, database, True, tmp / "scheduled.json", matmul_tile=tile)
+            apply_db.apply_db(layout.legalized(component), target, database, True, tmp / "scheduled.json",
+                              matmul_tile=tile, attention_tiles=attention_tiles)
             memory_plan.memory_plan(tmp / "scheduled.json", tmp / "planned.json", tmp / "memory.json")
             if target == "cuda":
                 library = tmp / f"{component}.so"
@@ -46,11 +53,28 @@ def build_variant(config_file: Path, component: str, tile: str, carry: Path) -> 
             else:
                 library = tmp / f"{component}.wasm"
                 build_wasm.build_wasm(tmp / "planned.json", build_runtime.runtime_dir(), library, tmp / "stats.json")
-            packed = carry / target / f"{component}-tile-{tile}{library.suffix}.xz"
+            packed = carry / target / f"{component}-{name}{library.suffix}.xz"
             packed.parent.mkdir(parents=True, exist_ok=True)
             with library.open("rb") as src, lzma.open(packed, "wb", preset=9) as dst:
                 shutil.copyfileobj(src, dst)
-    print(f"matmul_tiles: {component}-tile-{tile}: {time.time() - started:.0f} s")
+    print(f"matmul_tiles: {component}-{name}: {time.time() - started:.0f} s")
+
+
+def attention_tiles(text: str) -> tuple[str, dict]:
+    """"D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS" -> the variant's name and {D: TileConfig}, checked."""
+    from websd.kernels.attention import TileConfig
+
+    fields = list(TileConfig.__dataclass_fields__)
+    head_dim, _, values = text.partition("=")
+    try:
+        numbers = [int(value) for value in values.split(",")]
+        if len(numbers) != len(fields):
+            raise ValueError(f"{len(numbers)} numbers after the head dim, not {len(fields)}")
+        config = TileConfig(**dict(zip(fields, numbers)))
+        config.check(int(head_dim))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error} (D=" + ",".join(fields) + ")") from None
+    return f"attention-{head_dim}-" + "-".join(f"{field}{getattr(config, field)}" for field in fields), {int(head_dim): config}
 
 
 def main() -> None:
@@ -61,10 +85,19 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "sd-v1-5-random.yaml")
     parser.add_argument("--component", choices=COMPONENTS, default="unet")
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
-    parser.add_argument("tiles", nargs="+", choices=(*TILES, *VECTOR_TILES))
+    parser.add_argument("--attention", type=attention_tiles, action="append", default=[],
+                        metavar="D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS", help="a variant with these attention tiles for head dim D")
+    parser.add_argument("tiles", nargs="*", metavar="TILE", help=f"one of: {', '.join((*TILES, *VECTOR_TILES))}")
     args = parser.parse_args()
+    if not args.tiles and not args.attention:
+        parser.error("name a matmul tile or an --attention config")
     for tile in args.tiles:
-        build_variant(args.config, args.component, tile, args.carry)
+        if tile not in (*TILES, *VECTOR_TILES):
+            parser.error(f"no matmul tile {tile!r} (allowed: {', '.join((*TILES, *VECTOR_TILES))})")
+    for tile in args.tiles:
+        build_variant(args.config, args.component, f"tile-{tile}", args.carry, tile=tile)
+    for name, tiles in args.attention:
+        build_variant(args.config, args.component, name, args.carry, attention_tiles=tiles)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def keep_compiling(tuned, untuned, target: str):
 
 
 def apply_db(module_in: Path, target: str, database: list[Path], default_schedules: bool, module_out: Path,
-             matmul_tile: str | None = None) -> None:
+             matmul_tile: str | None = None, attention_tiles: dict | None = None) -> None:
+    """The schedules of `module_in` for `target` into `module_out`. `matmul_tile` and
+    `attention_tiles` (per head dim) force tiles, for bench/matmul_tiles.py to time them."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
     from tvm.s_tir.meta_schedule.database import JSONDatabase
@@ -73,7 +75,7 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
                 tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             mod = keep_compiling(tuned, mod, target)
             from_database = len(scheduled_kernels(mod))
-        mod = schedule_attention(target)(mod)  # GPU targets: the hand-scheduled flash-attention kernel
+        mod = schedule_attention(target, attention_tiles)(mod)  # GPU targets: the hand-scheduled flash-attention kernel
         if default_schedules:
             mod = dl.ApplyDefaultSchedule(*default_schedule_rules(target, matmul_tile))(mod)
     tuned = f"{from_database} kernels from the tuning database" if database else "no tuning database"

@@ -23,7 +23,8 @@ from conftest import DEFAULT_CONFIG, doit, layout_of, write_config
 from websd import relax_io
 from websd.components import load_component
 from websd.paths import Layout, model_folder
-from websd.kernels.attention import ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, flash_attention, plain_attention, sd15_specs, tile_config
+from websd.kernels.attention import (ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, TileConfig, flash_attention,
+                                     plain_attention, schedule_attention, sd15_specs, tile_config)
 from websd.targets import kernel_source, tvm_target
 
 # (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
@@ -286,6 +287,23 @@ def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
         words = {"f32": 1, "vec2<f32>": 2, "vec4<f32>": 4, "i32": 1}
         shared = re.findall(r"var<workgroup> \w+ : array<([\w<>]+), (\d+)>", chunk.rsplit("@group(0) @binding(0)", 1)[-1])
         assert shared and 4 * sum(words[t] * int(n) for t, n in shared) <= WORKGROUP_BYTES
+
+
+def test_schedule_attention_takes_other_tiles() -> None:
+    """bench/matmul_tiles.py --attention builds a variant with other tiles for one head dim:
+    schedule_attention puts them in for that head dim and keeps the table's for the others."""
+    specs = {name: sd15_specs(2)[name] for name in ("unet_self_4096", "unet_self_1024")}  # head dims 40, 80
+    other = TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=16, THREADS=128)
+    module = schedule_attention("webgpu", {40: other})(kernel_module(specs, plain_attention))
+    wgsl = kernel_source(tvm.compile(module, tvm_target("webgpu")), "webgpu")
+    threads = {math.prod(map(int, size)) for size in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", wgsl)}
+    assert threads == {other.THREADS, tile_config(80).THREADS}
+
+
+def test_inconsistent_attention_tiles_are_named() -> None:
+    """A config whose O grid does not fit its threads is reported, not a ZeroDivisionError."""
+    with pytest.raises(ValueError, match="O grid: BQ/TQO does not divide the threads"):
+        TileConfig(BQ=128, BK=32, TQ=8, TK=8, DCS=40, TQO=1, BKV=8, THREADS=64).check(40)
 
 
 def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:

@@ -232,9 +232,10 @@ class TileConfig:
         for name in ("TQ", "TK", "TQO"):  # register tiles read as whole quads or within one
             if 4 % getattr(self, name) and getattr(self, name) % 4:
                 problems.append(f"{name} neither divides 4 nor is a multiple of 4")
-        nbytes = 4 * sum(self.shared_floats(head_dim).values())
-        if nbytes > WORKGROUP_BYTES:
-            problems.append(f"{nbytes} bytes of workgroup memory > {WORKGROUP_BYTES}")
+        if not problems:  # the workgroup memory is only defined for consistent tiles
+            nbytes = 4 * sum(self.shared_floats(head_dim).values())
+            if nbytes > WORKGROUP_BYTES:
+                problems.append(f"{nbytes} bytes of workgroup memory > {WORKGROUP_BYTES}")
         if problems:
             raise ValueError(f"tile config {self} for head_dim {head_dim}: " + "; ".join(problems))
 
@@ -516,9 +517,10 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
 
 
-def schedule_attention(target: str):
+def schedule_attention(target: str, tiles: dict[int, TileConfig] | None = None):
     """A module pass for `target` (a websd.targets name): on GPU targets, every PrimFunc that
-    carries ATTR becomes the scheduled `flash_attention` of its spec; elsewhere nothing changes."""
+    carries ATTR becomes the scheduled `flash_attention` of its spec; elsewhere nothing changes.
+    `tiles` (per head_dim) replace the table's, to time others (bench/matmul_tiles.py)."""
     import tvm
 
     from websd.targets import is_gpu
@@ -529,7 +531,8 @@ def schedule_attention(target: str):
             return mod
         for gv, func in list(mod.functions_items()):
             if isinstance(func, tvm.tirx.PrimFunc) and ATTR in (func.attrs or {}):
-                kernel = flash_attention(AttentionSpec.from_attr(func.attrs[ATTR]))
+                spec = AttentionSpec.from_attr(func.attrs[ATTR])
+                kernel = flash_attention(spec, (tiles or {}).get(spec.head_dim))
                 for key in ("global_symbol", "op_pattern"):
                     if key in func.attrs:
                         kernel = kernel.with_attr(key, func.attrs[key])
