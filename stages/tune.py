@@ -255,17 +255,17 @@ def tune(modules: list[Path], database: Path, options: dict) -> None:
         raise SystemExit("tune: target cuda measures on an NVIDIA GPU and this machine has none "
                          "(bench/tune_on_gpu.sh runs it on the device machine; a tracker option measures elsewhere)")
     committed = [JSONDatabase(work_dir=str(database))] if tuning_database(database) else []
-    kernels, todo = kernels_to_tune(modules, committed, options)
-    print(f"tune: {target}: {len(kernels) - len(todo)} of {len(kernels)} kernels already tuned; "
-          f"this run tunes up to {len(todo[:options.get('kernels')])}" + (f" with {tuners} tuners" if tuners > 1 else ""))
-    todo = todo[: options.get("kernels")]
+    kernels, missing = kernels_to_tune(modules, committed, options)
+    todo = missing[: options.get("kernels")]
+    print(f"tune: {target}: {len(kernels) - len(missing)} of {len(kernels)} kernels already tuned; "
+          f"this run tunes up to {len(todo)}" + (f" with {tuners} tuners" if tuners > 1 else ""))
     end = time.monotonic() + 60 * options["minutes"]
     with tempfile.TemporaryDirectory(prefix="websd-tune-") as work_dir:
         if tuners == 1:
             tune_kernels(todo, Path(work_dir), database, committed, options, end, os.cpu_count())
         else:
             run_tuners(modules, database, committed, Path(work_dir), options)
-        tuned = tuned_kernels([JSONDatabase(work_dir=str(database))])
+        tuned = tuned_kernels([JSONDatabase(work_dir=str(database))]) if tuning_database(database) else set()
     untuned = sum(tvm_ffi.structural_hash(task.dispatched[0]) not in tuned for task in kernels)
     spent = f"{options['minutes']} min spent; " if time.monotonic() > end else ""
     print(f"tune: {len(tuned)} kernels in {database}; {spent}{untuned} left for the next run")
