@@ -33,6 +33,7 @@ def build_variant(config_file: Path, component: str, name: str, carry: Path, til
     """The component's build as variant `name`, with `tile` for every matmul (else the rule's
     per kernel) and `attention_tiles` (per head dim) for the flash attentions."""
     from stages import apply_db, build, build_runtime, build_wasm, memory_plan
+    from websd.atomic import atomic_path
     from websd.config import load_config
     from websd.paths import Layout
     from websd.schedules.matmul import CUDA_ONLY
@@ -53,9 +54,8 @@ def build_variant(config_file: Path, component: str, name: str, carry: Path, til
             else:
                 library = tmp / f"{component}.wasm"
                 build_wasm.build_wasm(tmp / "planned.json", build_runtime.runtime_dir(), library, tmp / "stats.json")
-            packed = carry / target / f"{component}-{name}{library.suffix}.xz"
-            packed.parent.mkdir(parents=True, exist_ok=True)
-            with library.open("rb") as src, lzma.open(packed, "wb", preset=9) as dst:
+            with atomic_path(carry / target / f"{component}-{name}{library.suffix}.xz") as packed, \
+                    library.open("rb") as src, lzma.open(packed, "wb", preset=9) as dst:
                 shutil.copyfileobj(src, dst)
     print(f"matmul_tiles: {component}-{name}: {time.time() - started:.0f} s")
 
@@ -87,13 +87,14 @@ def main() -> None:
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
     parser.add_argument("--attention", type=attention_tiles, action="append", default=[],
                         metavar="D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS", help="a variant with these attention tiles for head dim D")
-    parser.add_argument("tiles", nargs="*", metavar="TILE", help=f"one of: {', '.join((*TILES, *VECTOR_TILES))}")
+    allowed = ", ".join((*TILES, *VECTOR_TILES))
+    parser.add_argument("tiles", nargs="*", metavar="TILE", help=f"one of: {allowed}")
     args = parser.parse_args()
     if not args.tiles and not args.attention:
         parser.error("name a matmul tile or an --attention config")
     for tile in args.tiles:
         if tile not in (*TILES, *VECTOR_TILES):
-            parser.error(f"no matmul tile {tile!r} (allowed: {', '.join((*TILES, *VECTOR_TILES))})")
+            parser.error(f"no matmul tile {tile!r} (allowed: {allowed})")
     for tile in args.tiles:
         build_variant(args.config, args.component, f"tile-{tile}", args.carry, tile=tile)
     for name, tiles in args.attention:
