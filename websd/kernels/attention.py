@@ -19,25 +19,31 @@ every layout (coalesced loads along it).
 The GPU kernel, one workgroup per (group, BQ query rows); within WebGPU's default limits (at most
 256 invocations, 16 KiB workgroup storage, no f16, no i64, no blockIdx.z):
 
-    Q tile -> shared (transposed, once if head_dim fits in one chunk, else per chunk)
+    Q tile -> shared (once if head_dim fits in one chunk, else per chunk)
     for each tile of BK keys (causal: only up to the tile's last query):
         S = Q K^T:    K streamed through shared in head_dim chunks of DCS; each thread keeps a
-                      TQ x TK register tile of S (register blocking as in a tiled GEMM)
+                      TQ x TK register tile of S (register blocking as in a tiled GEMM): TQ
+                      consecutive queries, TK keys interleaved (key cg + C * j)
         softmax:      fp32 online softmax. Row maxima combine through shared memory (`red`); each
                       thread keeps the running max m and its part of the running sum l for its
                       rows in registers (all threads of a row compute the same m); P = exp(S - m)
                       goes to shared (transposed), the rescale factor exp(m_old - m) too
         O += P V:     V streamed through shared in chunks of BKV keys; each thread keeps a
-                      TQO x TD register tile of O, rescaled by exp(m_old - m) first
+                      TQO x TD register tile of O (its TD columns: vectors co + CO * u of head_dim),
+                      rescaled by exp(m_old - m) first
     out = O / l  (the partial sums of l combine through `red` once, at the end)
 
-Shared tiles are unpadded, their 4-float quads XOR-swizzled (`_swizzle`), so the register tiles
-load as float4 (LDS.128 in CUDA) without bank conflicts and everything fits 16 KiB; global loads
-are float4 along head_dim when it is a multiple of 4. Masked scores (keys past kv_len, causal)
-are a finite -1e30, never -inf (WGSL rejects `-inff`), and their exponentials are exactly 0;
-the mask is one comparison per score against a per-row key limit. The tiles per head dim are
-`TILES` / `tile_config` (one table, documented there): change them there and check with
-`TileConfig.check`; bench/attention_bench.py times them against the unfused chain on a GPU.
+Q, K and V sit in shared memory as they sit in memory, a token's head_dim in vectors of 4 floats
+(when head_dim is a multiple of 4; else 1): Q and K vector-major, [vector][token] with each row
+padded by one vector (a warp's stores down a column spread over the banks), V token-major. Every
+access to them is a whole vector, so WebGPU's codegen types them `array<vec4<f32>>` and each
+read is one 16-byte load (LDS.128); a scalar-typed tile prints each vector as four loads.
+P is unpadded, its 4-float quads XOR-swizzled (`_swizzle`): read as quads of queries without
+bank conflicts. Masked scores (keys past kv_len, causal) are a finite -1e30, never -inf (WGSL
+rejects `-inff`), and their exponentials are exactly 0; the mask is one comparison per score
+against a per-row key limit. The tiles per head dim are `TILES` / `tile_config` (one table,
+documented there): change them there and check with `TileConfig.check`; bench/attention_bench.py
+times them against the unfused chain on a GPU.
 """
 
 from __future__ import annotations
@@ -202,14 +208,20 @@ class TileConfig:
         """Thread columns of the O tile."""
         return self.THREADS * self.TQO // self.BQ
 
+    def vector(self, head_dim: int) -> int:
+        """Floats per vector of Q, K and V in shared memory (and per global load)."""
+        return 4 if head_dim % 4 == 0 and min(self.DCS, head_dim) % 4 == 0 else 1
+
     def td(self, head_dim: int) -> int:
-        return -(-head_dim // self.columns())
+        """Columns of O per thread: whole vectors, head_dim padded up to the O grid."""
+        vec = self.vector(head_dim)
+        return -(-(head_dim // vec) // self.columns()) * vec
 
     def shared_floats(self, head_dim: int) -> dict[str, int]:
         dcs = min(self.DCS, head_dim)
         return {
-            "q": dcs * self.BQ,
-            "kv": max(dcs * self.BK, self.BKV * self.td(head_dim) * self.columns()),
+            "q": dcs * (self.BQ + 1),  # rows padded by a vector
+            "kv": max(dcs * (self.BK + 1), self.BKV * self.td(head_dim) * self.columns()),
             "p": self.BK * self.BQ,
             "red": self.BQ * (self.BK // self.TK),
             "alpha": self.BQ,
@@ -229,7 +241,7 @@ class TileConfig:
         for name in ("BQ", "BK"):  # rows of 4-float quads, swizzled by XOR
             if getattr(self, name) < 4 or getattr(self, name) & (getattr(self, name) - 1):
                 problems.append(f"{name} is not a power of two >= 4")
-        for name in ("TQ", "TK", "TQO"):  # register tiles read as whole quads or within one
+        for name in ("TQ", "TQO"):  # queries of P written and read as whole quads or within one
             if 4 % getattr(self, name) and getattr(self, name) % 4:
                 problems.append(f"{name} neither divides 4 nor is a multiple of 4")
         if not problems:  # the workgroup memory is only defined for consistent tiles
@@ -240,23 +252,25 @@ class TileConfig:
             raise ValueError(f"tile config {self} for head_dim {head_dim}: " + "; ".join(problems))
 
 
-# Per head_dim, the SD 1.x shapes (bench/results/attention.md has them measured on an H200):
+# Per head_dim, the SD 1.x shapes (bench/results/attention.md has the earlier, transposed layout's
+# measured on an H200; each was re-fitted to the vector layout's padded rows and whole vectors of
+# O per thread):
 # - 40 (UNet at 4096 tokens, most of the attention work): 32 queries x 32 keys, 64 threads with
-#   4x4 tiles of S and 4x5 of O, Q resident: 15.1 KiB, so up to 15 workgroups per H100 SM.
-# - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim.
+#   4x4 tiles of S, Q resident; O as 1 row x 5 vectors a thread (10 vectors a row, 2 threads).
+# - 80 (1024 tokens), 64 (CLIP): the same S tiles, Q and K in chunks of 40 / 32 of head_dim; O as
+#   2 rows x 5 vectors (80) and 4 rows x 2 vectors (64).
 # - 160 (256 and 64 tokens): few queries, so 16 per workgroup for twice the workgroups; 64
-#   threads (2x4 tiles of S, 4x20 of O), V through shared 16 keys at a time. Chosen among 8
-#   configs timed natively on an H200 (bench/results/attention.md): the first choice, 32 queries
-#   and 128 threads, lost to the unfused chain at 256 tokens (0.071 vs 0.084 ms at batch 2 was a
-#   win, 0.066 vs 0.066 at batch 1 was not); this one takes 0.062 and 0.052 ms there.
+#   threads (2x4 tiles of S, 2 rows x 5 vectors of O), V through shared 16 keys at a time. Chosen
+#   among 8 configs timed natively on an H200 (bench/results/attention.md): the first choice, 32
+#   queries and 128 threads, lost to the unfused chain at 256 tokens.
 # - 512 (VAE, one head, 4096 tokens): 16 queries per workgroup (256 workgroups), 64 keys per tile,
 #   each thread owns 16 query rows x 4 columns of O (64 registers) so a P value read serves 4
 #   multiply-adds and a V value 16; V through shared 4 keys (8 KiB) at a time.
 TILES: dict[int, TileConfig] = {
-    40: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=32, THREADS=64),
+    40: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=1, BKV=32, THREADS=64),
     64: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=32, TQO=4, BKV=16, THREADS=64),
-    80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
-    160: TileConfig(BQ=16, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=16, THREADS=64),
+    80: TileConfig(BQ=32, BK=32, TQ=4, TK=4, DCS=40, TQO=2, BKV=16, THREADS=64),
+    160: TileConfig(BQ=16, BK=32, TQ=2, TK=4, DCS=40, TQO=2, BKV=16, THREADS=64),
     512: TileConfig(BQ=16, BK=64, TQ=2, TK=4, DCS=32, TQO=16, BKV=4, THREADS=128),
 }
 
@@ -307,15 +321,10 @@ def tile_config(head_dim: int) -> TileConfig:
 
 def _swizzle(col, row, quads: int):
     """Column of element (row, col) in a shared tile of `quads` 4-float quads per row: the quad
-    index XOR (row / 4). Reads of up to 4 aligned floats of a row stay contiguous (vectorizable),
+    index XOR the row. Reads of up to 4 aligned floats of a row stay contiguous (vectorizable),
     and a warp's stores down a column (the transposes) spread over the banks instead of hitting
     one: no padding, so the tiles fit WebGPU's 16 KiB."""
-    return (((col // 4) ^ ((row // 4) % quads)) * 4) + col % 4
-
-
-def _width(*sizes: int) -> int:
-    """The widest vector (4, 2 or 1 floats) that every size is a multiple of."""
-    return next(w for w in (4, 2, 1) if all(s % w == 0 for s in sizes))
+    return (((col // 4) ^ (row % quads)) * 4) + col % 4
 
 
 def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
@@ -332,17 +341,18 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     RESIDENT = NCH == 1  # Q loaded once per workgroup
     C = BK // TK  # thread columns of S
     CO = cfg.columns()  # thread columns of O
-    TD = cfg.td(D)
-    DP = TD * CO  # head_dim padded to the O grid
-    QQ, KQ = BQ // 4, BK // 4  # quads per row of the transposed tiles (q_s [d][query], k [d][key], p_s [key][query])
-    KV_FLOATS = max(DCS * BK, BKV * DP)
+    VEC = cfg.vector(D)  # floats per vector of Q, K, V (shared tiles and global loads)
+    DV = DCS // VEC  # vectors of a chunk
+    TDV = cfg.td(D) // VEC  # vectors of O per thread and row
+    DP = TDV * CO * VEC  # head_dim padded to the O grid
+    QROW, KROW = BQ + 1, BK + 1  # vectors per row of q_s and of K in kv_s, padded by one
+    QQ = BQ // 4  # quads per row of p_s [key][query]
+    KV_FLOATS = max(DCS * KROW, BKV * DP)
     Q_TILES = -(-N // BQ)
     KV_TILES = -(-M // BK)
-    # Global loads: VEC floats at a time along head_dim (aligned when head_dim is a multiple of 4).
-    VEC = 4 if D % 4 == 0 and DCS % 4 == 0 else 1
-    QK_ITERS = -(-BQ * DCS // VEC // NT), -(-BK * DCS // VEC // NT)
+    QK_ITERS = -(-BQ * DV // NT), -(-BK * DV // NT)
     V_ITERS = -(-BKV * DP // VEC // NT)
-    VQ, VK, VO, VD = min(TQ, 4), min(TK, 4), min(TQO, 4), _width(TD)  # widths of the shared reads
+    VQ, VO = min(TQ, 4), min(TQO, 4)  # widths of P's writes and reads
     scale, neg, zero, one = _f32(spec.scale), _f32(NEG), _f32(0), _f32(1)
 
     def kv_tiles(q0):
@@ -361,11 +371,11 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     def load_q(kt):  # each chunk at every KV tile, or a resident Q once
         return kt == 0 if RESIDENT else tirx.const(True)
 
-    def qs(d, col):  # q_s [d][query]
-        return d * BQ + _swizzle(col, d, QQ)
+    def qs(v, query):  # q_s [vector][query]
+        return (v * QROW + query) * VEC
 
-    def ks(d, col):  # K in kv_s: [d][key]
-        return d * BK + _swizzle(col, d, KQ)
+    def ks(v, key):  # K in kv_s: [vector][key]
+        return (v * KROW + key) * VEC
 
     def ps(key, col):  # p_s [key][query]
         return key * BQ + _swizzle(col, key, QQ)
@@ -383,20 +393,19 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
         for g in T.thread_binding(G, thread="blockIdx.y"):
             for qt in T.thread_binding(Q_TILES, thread="blockIdx.x"):
                 for tx in T.thread_binding(NT, thread="threadIdx.x"):
-                    q_s = T.alloc_buffer((DCS * BQ,), "float32", scope="shared")
-                    kv_s = T.alloc_buffer((KV_FLOATS,), "float32", scope="shared")  # K [d][key], then V [key][d]
+                    q_s = T.alloc_buffer((DCS * QROW,), "float32", scope="shared")
+                    kv_s = T.alloc_buffer((KV_FLOATS,), "float32", scope="shared")  # K [vector][key], then V [key][d]
                     p_s = T.alloc_buffer((BK * BQ,), "float32", scope="shared")
                     red = T.alloc_buffer((BQ * C,), "float32", scope="shared")  # [query][S column]
                     alpha_s = T.alloc_buffer((BQ,), "float32", scope="shared")
                     s_r = T.alloc_buffer((TQ * TK,), "float32", scope="local")
-                    o_r = T.alloc_buffer((TQO * TD,), "float32", scope="local")
+                    o_r = T.alloc_buffer((TQO * TDV * VEC,), "float32", scope="local")
                     m_r = T.alloc_buffer((TQ,), "float32", scope="local")
                     l_r = T.alloc_buffer((TQ,), "float32", scope="local")
                     a_r = T.alloc_buffer((TQ,), "float32", scope="local")
                     lim_r = T.alloc_buffer((TQ,), "int32", scope="local")  # the row sees keys < lim
-                    ld_r = T.alloc_buffer((VEC,), "float32", scope="local")  # one global load
-                    qv_r = T.alloc_buffer((max(TQ, TQO),), "float32", scope="local")  # a column of Q / P
-                    kv_r = T.alloc_buffer((max(TK, TD),), "float32", scope="local")  # a row of K / V
+                    qv_r = T.alloc_buffer((max(TQ * VEC, TQO),), "float32", scope="local")  # Q's vectors / a column of P
+                    kv_r = T.alloc_buffer((max(TK, TDV) * VEC,), "float32", scope="local")  # K's / V's vectors
                     q0: T.let[T.int32] = qt * BQ
                     rg: T.let[T.int32] = tx // C  # S grid
                     cg: T.let[T.int32] = tx % C
@@ -406,8 +415,9 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         m_r[i] = neg
                         l_r[i] = zero
                         lim_r[i] = key_limit(q0 + rg * TQ + i)
-                    for e in T.unroll(TQO * TD):
-                        o_r[e] = zero
+                    for e in T.unroll(TQO * TDV):
+                        for w in T.vectorized(VEC):
+                            o_r[e * VEC + w] = zero
                     for kt in range(kv_tiles(q0)):
                         # ---- S = Q K^T, head_dim in chunks of DCS
                         for e in T.unroll(TQ * TK):
@@ -415,43 +425,40 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         for c in range(NCH):
                             if c > 0:
                                 T.tvm_storage_sync("shared")
-                            if load_q(kt):  # Q chunk -> q_s, transposed
+                            if load_q(kt):  # Q chunk -> q_s; consecutive threads read along a token
                                 for it in T.unroll(QK_ITERS[0]):
-                                    if it * NT + tx < BQ * DCS // VEC:
-                                        if q0 + (it * NT + tx) // (DCS // VEC) < N and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                    if it * NT + tx < BQ * DV:
+                                        if q0 + (it * NT + tx) // DV < N and c * DCS + (it * NT + tx) % DV * VEC < D:
                                             for w in T.vectorized(VEC):
-                                                ld_r[w] = q[at(spec.q, g, N, q0 + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
+                                                q_s[qs((it * NT + tx) % DV, (it * NT + tx) // DV) + w] = q[at(spec.q, g, N, q0 + (it * NT + tx) // DV, c * DCS + (it * NT + tx) % DV * VEC) + w]
                                         else:
                                             for w in T.vectorized(VEC):
-                                                ld_r[w] = zero
-                                        for w in T.unroll(VEC):
-                                            q_s[qs((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
-                            for it in T.unroll(QK_ITERS[1]):  # K chunk -> kv_s, transposed
-                                if it * NT + tx < BK * DCS // VEC:
-                                    if kt * BK + (it * NT + tx) // (DCS // VEC) < M and c * DCS + (it * NT + tx) % (DCS // VEC) * VEC < D:
+                                                q_s[qs((it * NT + tx) % DV, (it * NT + tx) // DV) + w] = zero
+                            for it in T.unroll(QK_ITERS[1]):  # K chunk -> kv_s
+                                if it * NT + tx < BK * DV:
+                                    if kt * BK + (it * NT + tx) // DV < M and c * DCS + (it * NT + tx) % DV * VEC < D:
                                         for w in T.vectorized(VEC):
-                                            ld_r[w] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // (DCS // VEC), c * DCS + (it * NT + tx) % (DCS // VEC) * VEC) + w]
+                                            kv_s[ks((it * NT + tx) % DV, (it * NT + tx) // DV) + w] = k[at(spec.k, g, M, kt * BK + (it * NT + tx) // DV, c * DCS + (it * NT + tx) % DV * VEC) + w]
                                     else:
                                         for w in T.vectorized(VEC):
-                                            ld_r[w] = zero
-                                    for w in T.unroll(VEC):
-                                        kv_s[ks((it * NT + tx) % (DCS // VEC) * VEC + w, (it * NT + tx) // (DCS // VEC))] = ld_r[w]
+                                            kv_s[ks((it * NT + tx) % DV, (it * NT + tx) // DV) + w] = zero
                             T.tvm_storage_sync("shared")
-                            for d in range(DCS):
-                                for u in T.unroll(TQ // VQ):
-                                    for i in T.vectorized(VQ):
-                                        qv_r[u * VQ + i] = q_s[qs(d, rg * TQ + u * VQ) + i]
-                                for u in T.unroll(TK // VK):
-                                    for j in T.vectorized(VK):
-                                        kv_r[u * VK + j] = kv_s[ks(d, cg * TK + u * VK) + j]
+                            for dv in range(DV):
+                                for i in T.unroll(TQ):
+                                    for w in T.vectorized(VEC):
+                                        qv_r[i * VEC + w] = q_s[qs(dv, rg * TQ + i) + w]
+                                for j in T.unroll(TK):
+                                    for w in T.vectorized(VEC):
+                                        kv_r[j * VEC + w] = kv_s[ks(dv, cg + C * j) + w]
                                 for i in T.unroll(TQ):
                                     for j in T.unroll(TK):
-                                        s_r[i * TK + j] = s_r[i * TK + j] + qv_r[i] * kv_r[j]
+                                        for w in T.unroll(VEC):
+                                            s_r[i * TK + j] = s_r[i * TK + j] + qv_r[i * VEC + w] * kv_r[j * VEC + w]
                         # ---- online softmax: the rows' maxima through `red`
                         for i in T.unroll(TQ):
                             a_r[i] = neg
                             for j in T.unroll(TK):
-                                if kt * BK + cg * TK + j < lim_r[i]:
+                                if kt * BK + cg + C * j < lim_r[i]:
                                     s_r[i * TK + j] = s_r[i * TK + j] * scale
                                 else:
                                     s_r[i * TK + j] = neg
@@ -472,12 +479,13 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                         for j in T.unroll(TK):  # P -> p_s, transposed, a quad of queries at a time
                             for u in T.unroll(TQ // VQ):
                                 for i in T.vectorized(VQ):
-                                    p_s[ps(cg * TK + j, rg * TQ + u * VQ) + i] = s_r[(u * VQ + i) * TK + j]
+                                    p_s[ps(cg + C * j, rg * TQ + u * VQ) + i] = s_r[(u * VQ + i) * TK + j]
                         T.tvm_storage_sync("shared")
                         # ---- O = alpha O + P V, V in chunks of BKV keys
                         for i in T.unroll(TQO):
-                            for j in T.unroll(TD):
-                                o_r[i * TD + j] = o_r[i * TD + j] * alpha_s[ro * TQO + i]
+                            for e in T.unroll(TDV):
+                                for w in T.vectorized(VEC):
+                                    o_r[(i * TDV + e) * VEC + w] = o_r[(i * TDV + e) * VEC + w] * alpha_s[ro * TQO + i]
                         for vc in range(BK // BKV):
                             if vc > 0:
                                 T.tvm_storage_sync("shared")
@@ -494,12 +502,13 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                                 for u in T.unroll(TQO // VO):
                                     for i in T.vectorized(VO):
                                         qv_r[u * VO + i] = p_s[ps(vc * BKV + kk, ro * TQO + u * VO) + i]
-                                for u in T.unroll(TD // VD):
-                                    for j in T.vectorized(VD):
-                                        kv_r[u * VD + j] = kv_s[kk * DP + co * TD + u * VD + j]
+                                for e in T.unroll(TDV):
+                                    for w in T.vectorized(VEC):
+                                        kv_r[e * VEC + w] = kv_s[kk * DP + (co + CO * e) * VEC + w]
                                 for i in T.unroll(TQO):
-                                    for j in T.unroll(TD):
-                                        o_r[i * TD + j] = o_r[i * TD + j] + qv_r[i] * kv_r[j]
+                                    for e in T.unroll(TDV):
+                                        for w in T.vectorized(VEC):
+                                            o_r[(i * TDV + e) * VEC + w] = o_r[(i * TDV + e) * VEC + w] + qv_r[i] * kv_r[e * VEC + w]
                         T.tvm_storage_sync("shared")
                     # ---- out = O / l, the parts of l through `red`
                     for i in T.unroll(TQ):
@@ -510,9 +519,10 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
                             qv_r[i] = zero
                             for j in range(C):
                                 qv_r[i] = qv_r[i] + red[(ro * TQO + i) * C + j]
-                            for j in T.unroll(TD):
-                                if co * TD + j < D:
-                                    o[at(spec.out, g, N, q0 + ro * TQO + i, co * TD + j)] = o_r[i * TD + j] * (one / qv_r[i])
+                            for e in T.unroll(TDV):
+                                if (co + CO * e) * VEC < D:
+                                    for w in T.vectorized(VEC):
+                                        o[at(spec.out, g, N, q0 + ro * TQO + i, (co + CO * e) * VEC) + w] = o_r[(i * TDV + e) * VEC + w] * (one / qv_r[i])
 
     return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
 
