@@ -1,25 +1,28 @@
 """Matmul-like kernels (matmuls and every convolution, as an implicit GEMM) with tiles chosen per
-GEMM shape: dlight's schedule with our tiles for matmuls, a schedule of our own for convolutions.
+GEMM shape: a schedule of our own (`schedule_vector_tiles`) for nearly all of them, dlight's
+schedule with a 32x32 tile for products whose rows 64-row tiles would pad.
 
 dlight's Matmul rule normalizes such a kernel to C[S, I, J] += A[S, I, K] * B[S, J, K] and tiles
 it with one configuration per target. On webgpu that is its generic one: 8x8 threads of 4x4
 outputs (a 32x32 tile of C per workgroup) whose staged tiles are read down a column at a stride
-of 32 words, so every thread of a warp reads the same bank of workgroup memory. This rule keeps
-dlight's schedule (shared-memory staging, micro-tiles in registers, fused epilogue) with padded
-rows (storage_align) and a tile chosen from the kernel's extents.
+of 32 words, so every thread of a warp reads the same bank of workgroup memory, and as scalars.
+Our schedule keeps its structure (operands staged in workgroup memory, outputs in registers,
+epilogue fused) but stages both operands k-major and touches them only as vec4, so that WebGPU's
+codegen types them `array<vec4<f32>>` and every read of workgroup memory is one 16-byte load.
 
 How the tiles compare was measured on an H200 (bench/matmul_tiles.py builds a component with one
 tile everywhere, and bench/gpu_bench.sh profiles it beside the chosen tiles:
-bench/results/tile-sweep/): 64x64 was the fastest of dlight's tiles for most UNet kernels on
-webgpu and cuda alike, 1.3-2.5x faster than dlight's generic tile on webgpu; 32x32 beat 64x64
-only on products too small to give every multiprocessor a 64x64 tile and not deep enough to make
-up for it (e.g. 512x1280 outputs of depth 1280: 2.6 against 2.95 ms). Our vec4 schedule
-(`schedule_vector_columns`) beat every dlight tile on every convolution, on both targets: the
-UNet's convolutions took 50.0 ms a step in WebGPU and 34.3 natively with it, against 68.5 and
-47.7 (tile-sweep/vec4-columns/, 2026-11-27 21:44 UTC), and the VAE decoder's 126.4 and 96.3 ms
-a decode against 168.2 and 110.7 with 128x128 tiles on its widest (21:54 UTC, bench/results/).
-It lost on the UNet's matmuls (e.g. 3.46 -> 3.88 ms in WebGPU), whose A is contiguous along the
-depth: they keep dlight's schedule.
+bench/results/tile-sweep/). 64x64 was the fastest of dlight's tiles for most UNet kernels on
+webgpu and cuda alike, 1.3-2.5x faster than dlight's generic tile on webgpu. Our first vec4
+schedule read B as vec4 and A as 4 scalars (rows interleaved): it beat every dlight tile on
+every convolution (the UNet's took 50.0 ms a step in WebGPU and 34.3 natively, against 68.5 and
+47.7: tile-sweep/vec4-columns/) but lost on the matmuls. Reading A as vec4 too (a thread's rows
+4 consecutive ones) won on both (tile-sweep/vec4x4/, 2026-11-28 04:03 UTC): in WebGPU the UNet's
+matmuls from 31.7 to 30.1 ms a step and its convolutions from 50.1 to 49.3, with 128x64 tiles
+on the widest products (e.g. 8192 x 2560 of depth 320: 3.46 -> 2.91 ms); 128x128 tiles (8 deep,
+to fit 16 KiB) lost everywhere (137.6 against 108.5 ms a step). With the rule below the UNet
+step went from 111.0 to 105.3 ms in WebGPU (with the weight transposes gone too) and the VAE
+decode from 126.5 to 115.9 (tile-sweep/vec4x4-rule/, 04:28 UTC).
 """
 
 from __future__ import annotations
@@ -38,36 +41,42 @@ TILES = {
     "dlight-generic": Config(block_size_x=8, block_size_y=8, micro_size_x=4, micro_size_y=4, micro_size_k=8),
     "dlight-cuda": Config(block_size_x=8, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
                           vector_size=2, storage_align=True),
-    # Ours. Each row of a staged tile is padded (storage_align): threads that read a column of
-    # it hit different banks of workgroup memory. Stages 16 deep are faster than 8 on the H200
-    # (UNet step 134.6 against 143.5 ms in WebGPU, 97.3 against 101.1 natively, in one run:
-    # bench/results/gpu-bench.md), but Chrome's SwiftShader adapter (a CPU) loses its device on
-    # kernels 16 deep: 32x32, the tile of small products and so of the tiny default model's
-    # every GEMM, stays 8 deep, and the page works there. Loops of more than 64 steps stay
-    # rolled (unroll=64): fully unrolled, 16 deep was slower (136.3 ms in WebGPU). Measured and
-    # dropped (bench/results/tile-sweep/): 8x8 outputs a thread, 64x64 fully unrolled, 128x64
-    # and 128x128 (two virtual threads per axis; 128x128 led on the VAE decoder until our vec4
-    # schedule), interleaved outputs (virtual threads of one output each, for conflict-free
-    # reads of the staged rows) at 32x32, 64x64, 128x64 and 128x128.
+    # Ours, padded rows (storage_align): threads that read a column of a staged tile hit
+    # different banks of workgroup memory. 32x32 is 8 deep: Chrome's SwiftShader adapter (a CPU)
+    # loses its device on dlight's kernels 16 deep. Measured and dropped
+    # (bench/results/tile-sweep/): 8x8 outputs a thread, 64x64 fully unrolled, 128x64 and
+    # 128x128 (two virtual threads per axis), interleaved outputs at 32x32, 64x64, 128x64 and
+    # 128x128, 64x64 16 deep (now our schedule's).
     "32x32": Config(block_size_x=8, block_size_y=8, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
     "64x64": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=8,
                     storage_align=True),
-    "64x64-k16": Config(block_size_x=16, block_size_y=16, micro_size_x=4, micro_size_y=4, micro_size_k=16,
-                        storage_align=True, unroll=64),
 }
-# Tiles of our own schedule (`schedule_vector_columns`), 64x64 on 16 x 16 threads: name -> depth
-# of its stages (16: unlike dlight's schedule 16 deep, SwiftShader runs it).
-VECTOR_TILES = {"64x64-vec4-k16": 16}
+
+
+@dataclass(frozen=True)
+class VectorTile:
+    """A tile of our own schedule (`schedule_vector_tiles`) on 16 x 16 threads, 16 deep: each
+    thread computes `rows` x 4 of C (rows a multiple of 4)."""
+
+    rows: int = 4
+
+
+# name -> tile (16 deep: unlike dlight's schedule 16 deep, SwiftShader runs it)
+VECTOR_TILES = {"64x64-vec4x4-k16": VectorTile(), "128x64-vec4x4-k16": VectorTile(rows=8)}
 # dlight's CUDA configuration vectorizes loads in a form WebGPU's codegen rejects for some kernels.
 CUDA_ONLY = ("dlight-cuda",)
 # What choose_tile picks from.
-CHOSEN_FROM = ("32x32", "64x64-k16", "64x64-vec4-k16")
-# Workgroups that keep a large GPU busy: two per multiprocessor of an H100 or H200 (132).
+CHOSEN_FROM = ("32x32", "64x64-vec4x4-k16", "128x64-vec4x4-k16")
+# Workgroups that keep a large GPU busy: two per multiprocessor of an H100 or H200 (132); SplitK
+# (websd/passes/split_k.py) splits the depth of products with fewer.
 MIN_WORKGROUPS = 264
-# Products deeper than this keep 64x64 ahead even with few workgroups (measured: 128x1280
-# outputs of depth 11520, 40 workgroups, 11.7 against 14.7 ms at 32x32).
-DEEP = 5120
+# Products of at least this many 64x64 tiles take 128x64 ones (measured on the H200: the UNet's
+# products of 1280 to 5120 tiles, e.g. 8192 x 2560 of depth 320: 3.31 -> 2.91 ms in WebGPU; 640
+# tiles and fewer lost, e.g. 8192 x 320 of depth 2880: 3.57 -> 3.77).
+WIDE = 1280
+# 32x32 where 64-row tiles pad at least this much more of the rows (154 rows: 19.8% against 3.8%).
+ROW_WASTE = 0.15
 
 
 @dataclass(frozen=True)
@@ -134,71 +143,88 @@ def workgroups(gemm: Gemm, config: Config) -> int:
     return gemm.batch * -(-gemm.rows // rows) * -(-gemm.cols // cols)
 
 
+def row_waste(rows: int, tile: int) -> float:
+    """The share of a product's rows that tiles of `tile` rows pad."""
+    return 1 - rows / (-(-rows // tile) * tile)
+
+
 def choose_tile(gemm: Gemm) -> str:
-    """Products too small to give every multiprocessor a 64x64 tile (fewer than MIN_WORKGROUPS)
-    and of depth at most DEEP: 32x32, four times the workgroups. Other convolutions: our vec4
-    schedule (`schedule_vector_columns`), 16 deep; other matmuls: 64x64, 16 deep. On cuda as on
-    webgpu: each choice won on both (the tile sweeps in bench/results/tile-sweep/)."""
-    if workgroups(gemm, TILES["64x64"]) < MIN_WORKGROUPS and gemm.depth <= DEEP:
+    """Our vec4 schedule (`schedule_vector_tiles`) with vec4 reads of both operands, 16 deep:
+    128x64 tiles for products of at least WIDE 64x64 tiles, 64x64 for the others, except where
+    64-row tiles pad ROW_WASTE more of the rows than 32-row ones (e.g. the 154 = 2 x 77 rows of
+    the UNet's text-conditioning products): dlight's 32x32 there. The same on cuda as on webgpu
+    (the tile sweeps in bench/results/tile-sweep/)."""
+    if row_waste(gemm.rows, 64) - row_waste(gemm.rows, 32) >= ROW_WASTE:
         return "32x32"
-    if gemm.convolution:
-        return "64x64-vec4-k16"
-    return "64x64-k16"
+    if workgroups(gemm, TILES["64x64"]) >= WIDE:
+        return "128x64-vec4x4-k16"
+    return "64x64-vec4x4-k16"
 
 
-def schedule_vector_columns(func, gemm: Gemm, depth: int, threads: int = 16, lanes: int = 4):
-    """Our implicit-GEMM schedule for WebGPU's codegen: each thread computes 4 rows x 4 columns of
-    C as 4 vec4 registers, its rows interleaved (row ti + 16 * i) and its columns contiguous. B
-    is staged k-major ([k][column]) and only ever read or written as vec4, so the codegen types
-    it array<vec4<f32>>: each step over k reads one vec4 of B and 4 scalars of A (staged
-    k-major too, consecutive rows per warp: no bank conflicts) for 4 vec4 multiply-adds, where
-    dlight's schedule reads 8 scalars for 16 scalar multiply-adds. (The k-major schedule of
-    commit 666b0ae also typed A as vec4, but it read its vec4s into scalar registers, which the
-    codegen splits into one load per lane, each at an index divided by 4.) `gemm` is
-    gemm_of(func): a convolution's A (an image) is fetched along its rows, a matmul's along its
-    depth, the way each is contiguous in memory."""
+def schedule_vector_tiles(func, gemm: Gemm, tile: VectorTile, threads: int = 16, lanes: int = 4, depth: int = 16):
+    """Our implicit-GEMM schedule for WebGPU's codegen: each thread computes tile.rows x 4 of C,
+    a vec4 register per row, its rows in groups of 4 consecutive ones (groups beyond the first are
+    virtual threads, so that each group's reads stay consecutive across a warp). Both operands
+    are staged k-major ([k][row], [k][column]) and only ever written and read as vec4, so the
+    codegen types them array<vec4<f32>>: each step over k reads one vec4 of A and one of B per 4
+    rows for 4 vec4 multiply-adds (16 multiply-adds), where dlight's schedule reads 8 scalars of
+    workgroup memory for 16 scalar multiply-adds. A convolution's A is gathered from the image
+    a pixel at a time into registers and stored to workgroup memory as one vec4. (The k-major
+    schedule of commit 666b0ae typed A as vec4 too, but read its vec4s into scalar registers lane
+    by lane, which the codegen prints as one load per lane, each at an index divided by 4.)
+    `gemm` is gemm_of(func): a convolution's A (an image) is fetched along its rows, a matmul's
+    along its depth, the way each is contiguous in memory."""
     from tvm.s_tir.dlight.gpu import matmul
 
     sch, main = normalized(func)
-    sch.pad_einsum(main, [1, threads * lanes, threads * lanes, depth])  # whole tiles
+    sch.pad_einsum(main, [1, threads * tile.rows, threads * lanes, depth])  # whole tiles
     batch, i, j, k = sch.get_loops(main)
-    bi, vi, ti = sch.split(i, [None, lanes, threads])
+    bi, vo, ti, vi = sch.split(i, [None, tile.rows // lanes, threads, lanes])
     bj, tj, vj = sch.split(j, [None, threads, lanes])
     ko, ki = sch.split(k, [None, depth])
-    sch.reorder(bj, bi, vi, ti, tj, ko, ki, vj)
+    sch.reorder(bj, bi, vo, ti, tj, ko, ki, vi, vj)
     sch.bind(sch.fuse(batch, bj), "blockIdx.y")
     sch.bind(bi, "blockIdx.x")
-    sch.bind(vi, "vthread.x")  # one vec4 register of C per row: no 49-row register box
+    sch.bind(vo, "vthread.x")
     sch.bind(ti, "threadIdx.x")
     sch.bind(tj, "threadIdx.y")
     sch.vectorize(vj)
+    # Loops of at most 64 steps in all unrolled: the depth's 16 stay a loop (fully unrolled, the
+    # UNet step took 105.8 against 105.3 ms in WebGPU, 72.3 against 74.5 natively:
+    # bench/results/tile-sweep/vec4x4-rule/).
     sch.annotate(ti, "pragma_auto_unroll_max_step", 64)
     sch.annotate(ti, "pragma_unroll_explicit", 1)
     c_local = sch.cache_write(main, 0, "local")
     sch.reverse_compute_at(c_local, tj, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(c_local)[-1])
 
-    def stage(operand: int, vector: bool, walk_rows: bool):
-        """Stage an operand k-major; the threads walk the axis that is contiguous in memory."""
+    def stage(operand: int, walk_rows: bool):
+        """Stage an operand k-major as vec4s; the threads walk the axis that is contiguous in memory."""
         shared = sch.cache_read(main, operand, "shared")
         sch.compute_at(shared, ko, preserve_unit_loops=True)
-        sch.transform_layout(shared, ("write", 0), lambda s, x, kk: (s, kk, x))
-        s, x, kk = sch.get_loops(shared)[-3:]
-        if vector:
-            x, lane = sch.split(x, [None, lanes])
+        copy, gather = shared, None
+        if operand == 0 and gemm.convolution:  # the image's pixels through registers: one vec4 store
+            copy, gather = sch.cache_write(shared, 0, "local"), shared
+        sch.transform_layout(copy, ("write", 0), lambda s, x, kk: (s, kk, x))
+        s, x, kk = sch.get_loops(copy)[-3:]
+        x, lane = sch.split(x, [None, lanes])
         order = (kk, x) if walk_rows else (x, kk)
-        sch.reorder(s, *order, *([lane] if vector else []))
+        sch.reorder(s, *order, lane)
         ty, tx, _ = sch.split(sch.fuse(*order), [threads, threads, None])
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
-        if vector:
-            sch.vectorize(lane)
-        # rows padded by a vec4 (B) or a word (A): a warp's stores down a column spread over banks
-        sch.storage_align(shared, 0, axis=1, factor=32, offset=lanes if vector else 1)
-        matmul.auto_inline_producers(sch, shared)
+        sch.vectorize(lane)
+        # rows padded by a vec4: a warp's stores down a column spread over banks
+        sch.storage_align(copy, 0, axis=1, factor=32, offset=lanes)
+        if gather is not None:
+            sch.compute_at(gather, tx, preserve_unit_loops=True)
+        matmul.auto_inline_producers(sch, gather or copy)
 
-    stage(0, vector=False, walk_rows=gemm.convolution)  # an image's pixels, a matmul's depth
-    stage(1, vector=True, walk_rows=False)  # a weight's depth
+    stage(0, walk_rows=gemm.convolution)  # an image's pixels, a matmul's depth
+    stage(1, walk_rows=False)  # a weight's depth
+    a_local = sch.cache_read(main, 0, "local")  # A's 4 rows of this k in a vec4 register, read as one
+    sch.compute_at(a_local, ki, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(a_local)[-1])
     sch.decompose_reduction(main, ko)
     matmul.auto_inline_consumer_chain(sch, c_local)
     return sch
@@ -232,5 +258,5 @@ class Matmul(dl.gpu.Matmul):
             return super().apply(func, target, tunable)
         tile = self.tile or choose_tile(gemm)
         if tile in VECTOR_TILES:
-            return schedule_vector_columns(func, gemm, VECTOR_TILES[tile])
+            return schedule_vector_tiles(func, gemm, VECTOR_TILES[tile])
         return _Tiled(TILES[tile]).apply(func, target, tunable)
