@@ -3,8 +3,9 @@
 Each exported function (`main`, and the UNet's `unguided`) becomes a Relax function of that
 name; each takes the component's inputs followed by its weights, the same weights in the same
 order. They go to params.npz in that order, under their PyTorch names (the importer takes them
-in the order of the program's `named_parameters()`), which shard_params turns into the
-browser's tensor cache.
+in the order of the program's `named_parameters()`; a weight stored in column blocks or
+transposed is named after its parameter: relax_io.select_weights), which shard_params turns
+into the browser's tensor cache.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from websd import relax_io
 from websd.architecture import ENTRIES
 from websd.config import Config
 from websd.passes.split_weights import split_wide_tables
+from websd.passes.transpose_weights import transpose_read_weights
 from websd.paths import Layout
 from websd.targets import BINDING_LIMIT
 
@@ -56,8 +58,10 @@ def _import(exported: Path, binding_limit: int):
     named = list(program.named_parameters())
     if [tuple(p.shape) for _, p in named] != [tuple(w.shape) for w in weights]:
         raise RuntimeError(f"{exported}: the imported weights do not follow the program's parameters")
-    # Tables a WebGPU kernel could not bind whole (CLIP's token embedding) go in column blocks.
-    return split_wide_tables(mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}, binding_limit)
+    # Tables a WebGPU kernel could not bind whole (CLIP's token embedding) go in column blocks,
+    # matrices the graph only reads transposed (Linear weights) are stored transposed.
+    function, weights = split_wide_tables(mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}, binding_limit)
+    return transpose_read_weights(function, weights)
 
 
 def import_relax(exported: dict[str, Path], module_out: Path, params_out: Path, binding_limit: int = BINDING_LIMIT) -> None:
@@ -88,5 +92,5 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),
-            sources=(__file__, WEBSD_DIR / "relax_io.py", WEBSD_DIR / "passes" / "split_weights.py", WEBSD_DIR / "targets.py"),
+            sources=(__file__, WEBSD_DIR / "relax_io.py", WEBSD_DIR / "passes" / "split_weights.py", WEBSD_DIR / "passes" / "transpose_weights.py", WEBSD_DIR / "targets.py"),
         )

@@ -55,19 +55,26 @@ def tensor_cache_param_names(cache_dir: Path) -> list[str]:
 
 
 # A weight stored in column blocks (a table wider than a WebGPU binding) is named after its
-# PyTorch parameter with the block's columns: "name[:, start:stop]".
+# PyTorch parameter with the block's columns, "name[:, start:stop]"; a matrix stored transposed
+# (one the graph only reads transposed), "name.T".
 _COLUMN_BLOCK = re.compile(r"(?P<name>.+)\[:, (?P<start>\d+):(?P<stop>\d+)\]")
+_TRANSPOSED = re.compile(r"(?P<name>.+)\.T")
 
 
 def select_weights(weights: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
     """The arrays a build takes, by its weight names (a tensor cache's `param_names`), from
-    PyTorch's weights by parameter name: a column block's name selects those columns."""
+    PyTorch's weights by parameter name: a column block's name selects those columns, a
+    transposed matrix's the transpose."""
     selected = {}
     for name in names:
-        block = _COLUMN_BLOCK.fullmatch(name)
-        source = block["name"] if block else name
+        block, transposed = _COLUMN_BLOCK.fullmatch(name), _TRANSPOSED.fullmatch(name)
+        source = (block or transposed or {"name": name})["name"]
         if source not in weights:
             raise KeyError(f"the build takes weight {name!r}, but the model has no parameter {source!r}")
         weight = weights[source]
-        selected[name] = np.ascontiguousarray(weight[:, int(block["start"]) : int(block["stop"])]) if block else weight
+        if block:
+            weight = weight[:, int(block["start"]) : int(block["stop"])]
+        elif transposed:
+            weight = weight.T
+        selected[name] = np.ascontiguousarray(weight) if block or transposed else weight
     return selected
