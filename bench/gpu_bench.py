@@ -10,7 +10,7 @@ writes gpu-bench.json, gpu-bench.md and gpu-bench.png into --out.
 
 The native CUDA row and the WebGPU row with Dawn's default robustness also time variants:
 other builds of a component, each named <component>-<name> (e.g. unet-untuned,
-vae_decoder-tile-64x64-k16), the carry's cuda/<variant>.so and webgpu/<variant>.wasm (a variant
+vae_decoder-tile-128x64-vec4x4-k16), the carry's cuda/<variant>.so and webgpu/<variant>.wasm (a variant
 built for CUDA only has no .wasm), on the component's weights, after the generation; the report
 puts each variant's `main` below its component's. Those two rows also profile every kernel of
 every component and variant (bench/profile_cuda.py, webgpu_node.mjs's `profile`),
@@ -99,7 +99,7 @@ def component_of(variant: str) -> str:
     component, dash, name = variant.partition("-")
     if component not in COMPONENTS or not dash or not name:
         raise ValueError(f"{variant!r}: a variant is named <component>-<name>, the component one of {', '.join(COMPONENTS)} "
-                         "(e.g. unet-untuned, vae_decoder-tile-64x64-k16)")
+                         "(e.g. unet-untuned, vae_decoder-tile-128x64-vec4x4-k16)")
     return component
 
 
@@ -406,7 +406,7 @@ def run_all(args) -> dict:
         # What is done so far, in case the call runs out of time.
         (args.out / "gpu-bench.partial.json").write_text(json.dumps({"rows": rows, "errors": errors}, indent=1))
 
-    for mode in TORCH_MODES:
+    for mode in args.pytorch:
         attempt(f"pytorch-{mode}", lambda _, mode=mode: child(f"pytorch-{mode}", {"inputs": inputs}, work))
     libraries = {name: str(carry / "cuda" / f"{name}.so") for name in COMPONENTS}
     variants = {v: str(carry / "cuda" / f"{v}.so") for v in args.variants}
@@ -646,6 +646,8 @@ def main() -> None:
                         help="other builds of a component in the carry, each <component>-<name>: cuda/<variant>.so, webgpu/<variant>.wasm")
     parser.add_argument("--robustness", nargs="+", choices=ROBUSTNESS, default=list(ROBUSTNESS),
                         help="the WebGPU rows: Dawn's robustness on (default) and off (disable_robustness)")
+    parser.add_argument("--pytorch", nargs="+", choices=TORCH_MODES, default=list(TORCH_MODES),
+                        help="the PyTorch rows (fp32-no-tf32 is the images' reference)")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

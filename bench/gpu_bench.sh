@@ -3,7 +3,7 @@
 #   run: bash bench/gpu_bench.sh [config] [variants...] [gpu_bench.py options]   carry: ["bench/.carry"]
 # Unpacks bench/.carry (bench/pack_gpu.sh): the cuda libraries and the WebGPU bundle, whose
 # weights bench/gpu_bench.py makes there from the config's seed, and the variants, other builds
-# of a component named <component>-<name> (e.g. unet-untuned, vae_decoder-tile-64x64-k16:
+# of a component named <component>-<name> (e.g. unet-untuned, vae_decoder-tile-128x64-vec4x4-k16:
 # pack_gpu.sh variant, matmul_tiles.py); leaves gpu-bench.{json,md,png} and its log in $OUT, and
 # the per-kernel profiles as profiles.tar.gz.
 set -euo pipefail

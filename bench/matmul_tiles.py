@@ -9,7 +9,7 @@ builds, from the config's legalized component through the real stages (apply_db 
 forced, memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/COMPONENT-tile-T.so.xz,
 webgpu/COMPONENT-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): variants that
 `bench/gpu_bench.sh C COMPONENT-tile-T...` times and profiles beside the component's own build
-(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-64x64-k16. An attention config
+(whose tiles the rule chose per kernel), e.g. vae_decoder-tile-128x64-vec4x4-k16. An attention config
 (websd.kernels.attention.TileConfig's fields, checked by it) replaces the table's for head dim
 D, the matmul tiles staying the rule's: unet-attention-40-BQ64-BK32-..., say.
 """

@@ -8,7 +8,7 @@ the fastest build per kernel, for a sweep of schedules to pick from.
 
 A profile set (either side may be missing) is {build: {function: profile}}, each profile as
 profile_cuda.summarize's; a build is a component ("unet") or another build of one, named
-"<component>-<name>" ("unet-untuned", "vae_decoder-tile-64x64-k16").
+"<component>-<name>" ("unet-untuned", "vae_decoder-tile-128x64-vec4x4-k16").
 
     python3 bench/profile_tables.py --cuda profile-cuda.json --webgpu profile-webgpu.json --out DIR
 """
