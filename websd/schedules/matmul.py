@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 from tvm.s_tir import dlight as dl
 
-# The tiles this rule chooses among, all within WebGPU's default limits (256 invocations and
-# 16 KiB of workgroup memory), named rows x columns of C per workgroup: block_size threads per
-# axis, each computing vthread * micro_size outputs of it.
+# dlight's schedule's tiles (32x32 chosen by the rule, 64x64 the unit that workgroup counts are
+# taken in, the others for measuring against), all within WebGPU's default limits (256
+# invocations and 16 KiB of workgroup memory), named rows x columns of C per workgroup:
+# block_size threads per axis, each computing vthread * micro_size outputs of it.
 Config = dl.gpu.Matmul.Config
 TILES = {
     # dlight's own configurations, what every kernel got before this rule: its generic one
@@ -62,7 +63,8 @@ class VectorTile:
     rows: int = 4
 
 
-# name -> tile (16 deep: unlike dlight's schedule 16 deep, SwiftShader runs it)
+# name -> tile (SwiftShader runs 64x64 16 deep, unlike dlight's schedule 16 deep, but loses its
+# device on 128x64: tests/test_schedules.py)
 VECTOR_TILES = {"64x64-vec4x4-k16": VectorTile(), "128x64-vec4x4-k16": VectorTile(rows=8)}
 # dlight's CUDA configuration vectorizes loads in a form WebGPU's codegen rejects for some kernels.
 CUDA_ONLY = ("dlight-cuda",)
