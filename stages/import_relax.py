@@ -92,5 +92,6 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),
-            sources=(__file__, WEBSD_DIR / "relax_io.py", WEBSD_DIR / "passes" / "split_weights.py", WEBSD_DIR / "passes" / "transpose_weights.py", WEBSD_DIR / "targets.py"),
+            sources=(__file__, WEBSD_DIR / "relax_io.py", *(WEBSD_DIR / "passes" / f for f in ("__init__.py", "split_weights.py", "transpose_weights.py")),
+                     WEBSD_DIR / "targets.py"),
         )

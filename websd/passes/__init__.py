@@ -14,3 +14,20 @@ def static_shape(expr) -> list[int] | None:
         return [int(d) for d in info.shape.values]
     except (TypeError, AttributeError):  # symbolic
         return None
+
+
+def parameter_uses(function) -> dict:
+    """Each parameter -> the calls that take it as an argument."""
+    from tvm import relax
+
+    params = set(function.params)
+    uses: dict = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call):
+            for arg in expr.args:
+                if isinstance(arg, relax.Var) and arg in params:
+                    uses.setdefault(arg, []).append(expr)
+
+    relax.analysis.post_order_visit(function.body, visit)
+    return uses

@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from websd.passes import parameter_uses
+
 
 def column_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> list[tuple[int, int]]:
     """Column ranges of a 2-D table whose blocks each take at most `limit` bytes."""
@@ -38,7 +40,7 @@ def split_wide_tables(function, weights: dict[str, np.ndarray], limit: int):
 
     num_inputs = len(function.params) - len(weights)
     params = list(function.params)
-    uses = _uses(function)
+    uses = parameter_uses(function)
     blocks = {}  # param index -> [(var, (start, stop))]
     for i, (name, weight) in enumerate(weights.items()):
         var = params[num_inputs + i]
@@ -81,20 +83,3 @@ def _row_lookup(call, var) -> bool:
         and call.attrs.axis is not None
         and int(call.attrs.axis) == 0
     )
-
-
-def _uses(function) -> dict:
-    """Each parameter -> the calls that take it as an argument."""
-    from tvm import relax
-
-    params = set(function.params)
-    uses: dict = {}
-
-    def visit(expr):
-        if isinstance(expr, relax.Call):
-            for arg in expr.args:
-                if isinstance(arg, relax.Var) and arg in params:
-                    uses.setdefault(arg, []).append(expr)
-
-    relax.analysis.post_order_visit(function.body, visit)
-    return uses

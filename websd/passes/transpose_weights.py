@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from websd.passes.split_weights import _uses
+from websd.passes import parameter_uses
 
 
 def transpose_read_weights(function, weights: dict[str, np.ndarray]):
@@ -27,7 +27,7 @@ def transpose_read_weights(function, weights: dict[str, np.ndarray]):
 
     num_inputs = len(function.params) - len(weights)
     params = list(function.params)
-    uses = _uses(function)
+    uses = parameter_uses(function)
     transposed = {}  # old parameter -> new one
     for i, weight in enumerate(weights.values()):
         var = params[num_inputs + i]
