@@ -31,9 +31,10 @@ def default_schedule_rules(target: str, matmul_tile: str | None = None) -> list:
 
     from websd.schedules.matmul import Matmul
     from websd.schedules.reduction import GeneralReduction, Reduction
+    from websd.schedules.winograd import WinogradTransforms
 
     if is_gpu(target):
-        return [Matmul(matmul_tile), dl.gpu.GEMV(), Reduction(), GeneralReduction(), dl.gpu.Fallback()]
+        return [WinogradTransforms(), Matmul(matmul_tile), dl.gpu.GEMV(), Reduction(), GeneralReduction(), dl.gpu.Fallback()]
     return [dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -97,5 +98,5 @@ def tasks(config: Config, layout: Layout):
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
                 sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py",
-                         WEBSD_DIR / "schedules" / "matmul.py", WEBSD_DIR / "schedules" / "reduction.py"),
+                         *sorted((WEBSD_DIR / "schedules").glob("*.py"))),
             )

@@ -22,11 +22,13 @@ def passes(binding_limit: int = BINDING_LIMIT) -> list:
     from websd.passes.group_norm import split_group_norm
     from websd.passes.split_k import split_k
     from websd.passes.split_wide import split_wide_tensors
+    from websd.passes.winograd import winograd
 
     return [
         fuse_attention,  # one kernel per attention, no scores tensor (websd.attention PrimFuncs)
         split_wide_tensors(binding_limit),  # no tensor larger than a WebGPU binding (VAE at 512x512)
         split_group_norm,  # groups as an axis: GroupNorm's reductions get parallel outputs
+        winograd(binding_limit),  # 3x3 convolutions as 16 batched GEMMs between elementwise transforms
         split_k,  # deep convolutions and matmuls with few output tiles: their reduction split across workgroups
         relax.transform.LegalizeOps(),  # every Relax op becomes a call_tir to a PrimFunc
         relax.transform.AnnotateTIROpPattern(),  # elementwise / broadcast / reduction / opaque

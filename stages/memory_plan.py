@@ -23,7 +23,8 @@ def passes() -> list:
     from tvm import relax
 
     return [
-        relax.transform.RewriteDataflowReshape(),
+        relax.transform.RewriteDataflowReshape(),  # reshapes become views ...
+        relax.transform.DeadCodeElimination(),  # ... and their kernels go: no shader to compile for them
         relax.transform.ToNonDataflow(),
         relax.transform.RemovePurityChecking(),
         relax.transform.CallTIRRewrite(),  # call_tir -> explicit alloc_tensor + call

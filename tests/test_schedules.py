@@ -24,11 +24,16 @@ from websd.schedules.matmul import (CHOSEN_FROM, CUDA_ONLY, ROW_WASTE, TILES, VE
 from websd import relax_io
 from websd.targets import kernel_source, tvm_target
 
-# name -> (input shape, weight shape, bias length, conv padding or None for a matmul); sizes that
-# no tile divides, and a bias add fused after the product, as in the UNet.
+# name -> (input shape, weight shape, bias length, conv (padding, stride) or None for a matmul);
+# sizes that no tile divides, and a bias add fused after the product, as in the UNet. A 3x3
+# convolution of stride 1 is Winograd's (websd/passes/winograd.py: its transforms' schedule rule
+# and a batched GEMM), the others implicit GEMMs. (A 3x3 convolution of stride 2 of these sizes
+# did not finish in 200 s in SwiftShader with dlight's 32x32 tiles; the tiny default model's
+# downsamplers run with them in tests/test_browser.py.)
 CASES = {
-    "conv3x3": ((2, 13, 19, 17), (24, 13, 3, 3), 24, 1),
-    "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, 0),
+    "conv3x3": ((2, 13, 19, 17), (24, 13, 3, 3), 24, (1, 1)),
+    "conv1x1": ((1, 40, 9, 9), (33, 40, 1, 1), 33, (0, 1)),
+    "deep_conv1x1": ((1, 1200, 3, 3), (24, 1200, 1, 1), 24, (0, 1)),  # SplitK splits it in 2
     "matmul": ((3, 77, 50), (50, 70), 70, None),
     "deep_matmul": ((1, 20, 1200), (1200, 24), 24, None),  # SplitK splits it in 2
 }
@@ -47,17 +52,17 @@ def case_module() -> tvm.IRModule:
         with bb.dataflow():
             out = bb.emit_output(relax.op.nn.group_norm(x, gamma, beta, num_groups=groups, channel_axis=1, axes=[2, 3]))
         bb.emit_func_output(out)
-    for name, (x_shape, w_shape, bias, conv_padding) in CASES.items():
+    for name, (x_shape, w_shape, bias, conv) in CASES.items():
         x = relax.Var("x", relax.TensorType(x_shape, "float32"))
         w = relax.Var("w", relax.TensorType(w_shape, "float32"))
         b = relax.Var("b", relax.TensorType((bias,), "float32"))
         with bb.function(name, [x, w, b]):
             with bb.dataflow():
-                if conv_padding is None:
+                if conv is None:
                     out = bb.emit(relax.op.add(relax.op.matmul(x, w), b))
                 else:
-                    conv = bb.emit(relax.op.nn.conv2d(x, w, padding=conv_padding))
-                    out = bb.emit(relax.op.add(conv, relax.op.reshape(b, (1, bias, 1, 1))))
+                    product = bb.emit(relax.op.nn.conv2d(x, w, padding=conv[0], strides=conv[1]))
+                    out = bb.emit(relax.op.add(product, relax.op.reshape(b, (1, bias, 1, 1))))
                 out = bb.emit_output(out)
             bb.emit_func_output(out)
     return tvm.transform.Sequential(passes())(bb.get())
@@ -77,10 +82,10 @@ def reference(name: str, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndar
     x, w, b = (torch.from_numpy(a).double() for a in (x, w, b))
     if name == "group_norm":
         return torch.nn.functional.group_norm(x, GROUP_NORM[1], w, b).float().numpy()
-    conv_padding = CASES[name][3]
-    if conv_padding is None:
+    conv = CASES[name][3]
+    if conv is None:
         return (x @ w + b).float().numpy()
-    return torch.nn.functional.conv2d(x, w, b, padding=conv_padding).float().numpy()
+    return torch.nn.functional.conv2d(x, w, b, padding=conv[0], stride=conv[1]).float().numpy()
 
 
 def scheduled(tile: str | None, target: str = "webgpu") -> tvm.IRModule:
@@ -127,8 +132,9 @@ def test_every_tile_builds(tile, target) -> None:
 def test_gemm_of_reads_the_implicit_gemm() -> None:
     mod = case_module()
     gemms = {gv.name_hint: gemm_of(f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
-    # conv3x3: rows = batch x output pixels, columns = output channels, depth = in channels x 3 x 3
-    assert Gemm(1, 2 * 19 * 17, 24, 13 * 9, convolution=True) in gemms.values()
+    # conv1x1: rows = batch x output pixels, columns = output channels, depth = in channels
+    # (x 3 x 3 for a 3x3 one); conv3x3: 16 products of 24 filters by 13 channels x 2 x 10 x 9 tiles
+    assert Gemm(16, 24, 2 * 10 * 9, 13) in gemms.values()
     assert Gemm(1, 81, 33, 40, convolution=True) in gemms.values()
     assert Gemm(1, 3 * 77, 70, 50) in gemms.values()
 
@@ -143,10 +149,12 @@ def test_chosen_tiles_follow_the_measurements() -> None:
                        (Gemm(1, 154, 1280, 768), "32x32"),  # 2 x 77 text tokens: 64-row tiles pad 20% of the rows
                        # the VAE decoder's
                        (Gemm(1, 262144, 128, 1152, True), "128x64-vec4x4-k16"), (Gemm(2, 4096, 512, 2304, True), "64x64-vec4x4-k16"),
-                       (Gemm(1, 4096, 512, 512), "64x64-vec4x4-k16")):
+                       (Gemm(1, 4096, 512, 512), "64x64-vec4x4-k16"),
+                       # Winograd's products of 3 filters (the VAE's output convolution, in blocks of rows)
+                       (Gemm(16, 3, 16384, 128), "64x64-vec4x4-k16")):
         assert choose_tile(gemm) == tile, gemm
         assert (row_waste(gemm.rows, 64) - row_waste(gemm.rows, 32) >= ROW_WASTE) == (tile == "32x32")
-        assert (workgroups(gemm, TILES["64x64"]) >= WIDE) == (tile == "128x64-vec4x4-k16")
+        assert (workgroups(gemm, TILES["64x64"]) >= WIDE and gemm.rows > 64) == (tile == "128x64-vec4x4-k16")
         assert tile in CHOSEN_FROM
 
 

@@ -152,13 +152,13 @@ def row_waste(rows: int, tile: int) -> float:
 
 def choose_tile(gemm: Gemm) -> str:
     """Our vec4 schedule (`schedule_vector_tiles`) with vec4 reads of both operands, 16 deep:
-    128x64 tiles for products of at least WIDE 64x64 tiles, 64x64 for the others, except where
-    64-row tiles pad ROW_WASTE more of the rows than 32-row ones (e.g. the 154 = 2 x 77 rows of
-    the UNet's text-conditioning products): dlight's 32x32 there. The same on cuda as on webgpu
-    (the tile sweeps in bench/results/tile-sweep/)."""
+    128x64 tiles for products of at least WIDE 64x64 tiles and more than 64 rows, 64x64 for the
+    others, except where 64-row tiles pad ROW_WASTE more of the rows than 32-row ones (e.g. the
+    154 = 2 x 77 rows of the UNet's text-conditioning products): dlight's 32x32 there. The same
+    on cuda as on webgpu (the tile sweeps in bench/results/tile-sweep/)."""
     if row_waste(gemm.rows, 64) - row_waste(gemm.rows, 32) >= ROW_WASTE:
         return "32x32"
-    if workgroups(gemm, TILES["64x64"]) >= WIDE:
+    if workgroups(gemm, TILES["64x64"]) >= WIDE and gemm.rows > 64:  # (not 128 rows for a few filters)
         return "128x64-vec4x4-k16"
     return "64x64-vec4x4-k16"
 

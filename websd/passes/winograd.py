@@ -1,0 +1,221 @@
+"""Winograd: 3x3 convolutions as 16 matrix products over their channels, F(2x2, 3x3).
+
+A 3x3 convolution computes each 2x2 block of its output from the 4x4 block of input around it,
+36 multiply-adds per input and output channel. Winograd's minimal filtering (Lavin and Gray,
+"Fast Algorithms for Convolutional Neural Networks", 2015) gets the same four outputs from 16
+products, between linear transforms of the input block d and of the filter g:
+
+    y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise, 4x4)
+
+Summed over the input channels, the 16 products are 16 independent matrix products, so a
+convolution becomes four kernels:
+
+    U[e, o, c] = (G g[o, c] G^T)[e]                     the filters, transformed (each call)
+    V[e, c, p] = (B^T d[c, p] B)[e]                     the input's 4x4 block around tile p
+    M[e, o, p] = sum over c of U[e, o, c] V[e, c, p]    16 batched GEMMs: the matmul rule's
+    out[n, o, 2 ty + r, 2 tx + s] = (A^T M[:, o, p] A)[r, s]
+
+2.25 times fewer multiply-adds than the convolution's implicit GEMM, in a plain batched GEMM
+(no gather through the window). Each transform's entry is the sum of the nonzero terms of its
+row of the transform; websd/schedules/winograd.py gives a thread a whole block of U or V. The
+input's transform is opaque to FuseOps: a producer fused into it (GroupNorm + SiLU) would be
+computed again for each of the 4 blocks each input value is in. The output's transform has a
+convolution's pattern: the epilogue (bias, residual, scale) fuses into it. The coefficients are
+0, 1, 1/2 and their negatives: the results differ from PyTorch's by rounding only.
+
+SD 1.5 on an H200 (bench/results/winograd/): the UNet's convolutions from 49.0 to 27.2 ms a step
+in WebGPU, 34.8 to 23.2 natively, the latents' every size (from 32x32 on only: 90.0 against 82.8
+ms a step). The filters' transform runs on every call (1.9 ms a step): once at load time it would
+keep 16/9 of every 3x3 weight on the GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from websd.passes import static_shape
+
+# F(2x2, 3x3): outputs per tile side, filter side, and the transforms (Lavin and Gray, section 4.1)
+TILE, KERNEL = 2, 3
+BLOCK = TILE + KERNEL - 1  # the input block a tile reads: 4x4, hence 16 products
+B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+OUT_ELEMWISE_FUSABLE, OPAQUE = 4, 8  # relax's OpPatternKind::kOutEWiseFusable, kOpaque
+
+
+@functools.cache
+def _conv2d_op():
+    return tvm.ir.Op.get("relax.nn.conv2d")
+
+
+def _pick(index, values: list, dtype: str):
+    """values[index] for an index expression: a chain of selects (a constant where all agree)."""
+    from tvm import tirx
+
+    expr = tirx.const(values[-1], dtype)
+    for i in reversed(range(len(values) - 1)):
+        if values[i] != values[-1] or not isinstance(expr, tirx.IntImm | tirx.FloatImm):
+            expr = tirx.Select(index == i, tirx.const(values[i], dtype), expr)
+    return expr
+
+
+def _row_terms(matrix, row) -> list:
+    """Row `row` (an index expression) of a constant matrix as its nonzero terms, (column,
+    coefficient) expression pairs: the k-th is the k-th nonzero of that row (a row with fewer
+    repeats column 0 with coefficient 0)."""
+    nonzeros = [[(j, v) for j, v in enumerate(r) if v] for r in matrix]
+    width = max(len(r) for r in nonzeros)
+    terms = []
+    for k in range(width):
+        entries = [r[k] if k < len(r) else (0, 0) for r in nonzeros]
+        terms.append((_pick(row, [j for j, _ in entries], str(row.ty)), _pick(row, [float(v) for _, v in entries], "float32")))
+    return terms
+
+
+def _transform(matrix, row, col, read):
+    """(matrix X matrix^T)[row, col] of the block `read(i, j)`: the sum of its nonzero terms."""
+    return functools.reduce(lambda a, b: a + b, (ci * cj * read(i, j) for i, ci in _row_terms(matrix, row)
+                                                 for j, cj in _row_terms(matrix, col)))
+
+
+def _tiles(height: int, width: int) -> tuple[int, int]:
+    return -(-height // TILE), -(-width // TILE)
+
+
+def _filter_transform(weight, start: int, out_channels: int):
+    """U of the filters of output channels start, ..., start + out_channels - 1."""
+    from tvm import te
+
+    return te.compute(
+        (BLOCK * BLOCK, out_channels, weight.shape[1]),
+        lambda e, o, c: _transform(G, e // BLOCK, e % BLOCK, lambda i, j: weight[start + o, c, i, j]),
+        name="winograd_filter",
+    )
+
+
+def _data_transform(data, out_size: tuple[int, int], padding: tuple[int, int]):
+    """V of the input's blocks under the output's tiles. The blocks are a stage of their own (4x4
+    values of the input, zero outside it), which the schedule rule keeps in registers."""
+    from tvm import te, tirx
+
+    n, channels, height, width = (int(d) for d in data.shape)
+    rows, cols = _tiles(*out_size)
+
+    def value(c, p, i, j):
+        y = p // cols % rows * TILE + i - padding[0]
+        x = p % cols * TILE + j - padding[1]
+        inside = tirx.all(0 <= y, y < height, 0 <= x, x < width)
+        return tirx.if_then_else(inside, data[p // (rows * cols), c, y, x], tirx.const(0, data.dtype))
+
+    blocks = te.compute((channels, n * rows * cols, BLOCK, BLOCK), value, name="winograd_blocks")
+    return te.compute(
+        (BLOCK * BLOCK, channels, n * rows * cols),
+        lambda e, c, p: _transform(B_T, e // BLOCK, e % BLOCK, lambda i, j: blocks[c, p, i, j]),
+        name="winograd_data",
+    )
+
+
+def _product(filters, data):
+    from tvm import te
+
+    c = te.reduce_axis((0, filters.shape[2]), "c")
+    return te.compute((filters.shape[0], filters.shape[1], data.shape[2]),
+                      lambda e, o, p: te.sum(filters[e, o, c] * data[e, c, p], axis=c), name="winograd_product")
+
+
+def _output_transform(products: list, out_shape):
+    """The output from the products M of its blocks of output channels, in order."""
+    from tvm import te, tirx
+
+    n, out_channels, height, width = out_shape
+    rows, cols = _tiles(height, width)
+    step = out_channels // len(products)
+
+    def value(b, o, y, x):
+        p = (b * rows + y // TILE) * cols + x // TILE
+        blocks = [_transform(A_T, y % TILE, x % TILE, lambda eps, nu, m=m: m[eps * BLOCK + nu, o % step, p]) for m in products]
+        # a branch, not a select: one block is read
+        return functools.reduce(lambda rest, k: tirx.if_then_else(o // step == k, blocks[k], rest), reversed(range(len(blocks) - 1)), blocks[-1])
+
+    return te.compute(out_shape, value, name="winograd_output")
+
+
+def channel_blocks(data_shape, out_shape, binding_limit: int) -> int:
+    """The fewest blocks of output channels (a divisor of them, each its own U and GEMM: the
+    UNet's 2560-channel filters) such that U, V and M each fit a binding of `binding_limit`
+    bytes; 0 if there are none (the VAE's images at 256x256 and 512x512, whose V would need blocks
+    of rows: their outputs in row blocks, all alive at once, took the VAE decoder's activations
+    from 0.64 to 1.42 GiB)."""
+    n, channels = data_shape[:2]
+    out_channels, height, width = out_shape[1:]
+    tiles = n * math.prod(_tiles(height, width))
+    entries = BLOCK * BLOCK * 4  # bytes of a tile's or a filter's 16 floats
+    if entries * channels * tiles > binding_limit:
+        return 0
+    return next((k for k in range(1, out_channels + 1) if out_channels % k == 0
+                 and entries * out_channels // k * max(channels, tiles) <= binding_limit), 0)
+
+
+@mutator
+class _Winograd(PyExprMutator):
+    def __init__(self, mod, binding_limit: int):
+        super().__init__(mod)
+        self.binding_limit = binding_limit
+
+    def blocks(self, call) -> int:
+        """channel_blocks of the convolution `call`; 0: it stays as it is."""
+        data, weight = call.args
+        attrs = call.attrs
+        shapes = [static_shape(e) for e in (data, weight, call)]
+        if None in shapes or data.ty.dtype != "float32" or weight.ty.dtype != "float32":
+            return 0
+        top, left, bottom, right = (int(v) for v in attrs.padding)
+        if (shapes[1][2:] != [KERNEL, KERNEL] or int(attrs.groups) != 1 or top != bottom or left != right
+                or [int(v) for v in (*attrs.strides, *attrs.dilation)] != [1, 1, 1, 1]
+                or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
+            return 0
+        return channel_blocks(shapes[0], shapes[2], self.binding_limit)
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if not (isinstance(call, relax.Call) and call.op.same_as(_conv2d_op())) or not (blocks := self.blocks(call)):
+            return call
+        data, weight = call.args
+        out_shape = static_shape(call)
+        padding = (int(call.attrs.padding[0]), int(call.attrs.padding[1]))
+        builder = self.builder_
+        # opaque: FuseOps fuses no producer into it, where each input value would be computed again
+        # for each of the 4 blocks it is in
+        data_blocks = builder.emit(builder.call_te(_data_transform, data, out_shape[2:], padding,
+                                                   primfunc_name_hint="conv2d_winograd_data", primfunc_attrs={"op_pattern": OPAQUE}))
+        step = out_shape[1] // blocks
+        products = []
+        for start in range(0, out_shape[1], step):
+            filters = builder.emit(builder.call_te(_filter_transform, weight, start, step, primfunc_name_hint="conv2d_winograd_filter"))
+            products.append(builder.emit(builder.call_te(_product, filters, data_blocks, primfunc_name_hint="conv2d_winograd_product")))
+        # a convolution's pattern: FuseOps fuses its epilogue (bias, residual) into it but no other
+        # convolution's output transform (SplitWideTensors' sums of convolutions), which would read
+        # more products than a shader binds by default
+        return builder.call_te(_output_transform, products, out_shape, primfunc_name_hint="conv2d_winograd_output",
+                               primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
+
+
+def winograd(binding_limit: int):
+    """The pass: every 3x3 convolution of stride 1 whose transformed tensors fit bindings of
+    `binding_limit` bytes (its filters in blocks of output channels where they must)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="Winograd")
+    def transform(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rewriter = _Winograd(mod, binding_limit)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        return rewriter.builder_.get()
+
+    return transform
