@@ -5,7 +5,8 @@ output, however deep its reduction. SD 1.5's convolutions at 16x16 and 8x8 laten
 small outputs and deep reductions: at batch 2, 128 rows x 1280 columns x 11520 (1280
 channels x 3 x 3) is 40 tiles of 64x64 for a GPU of 132 multiprocessors, and they ran at 2
 TFLOP/s where the UNet's wide convolutions reach 12 (H200, bench/results/profile-unet.md).
-Such a convolution becomes two kernels:
+(Winograd's pass, before this one, now takes their 3x3 convolutions of stride 1; SplitK splits
+the strided and 1x1 ones left.) Such a convolution becomes two kernels:
 
     partial[n, s, o, y, x] = sum over the input channels of split s (and the 3x3 window)
     out[n, o, y, x]        = partial[n, 0, o, y, x] + ... + partial[n, S - 1, o, y, x]
