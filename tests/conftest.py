@@ -35,6 +35,31 @@ def layout_of(config: Path) -> Layout:
     return Layout(load_config(config).build_key)
 
 
+def conv_function(x_shape, w_shape, stride, padding, before=None, after=None):
+    """An IRModule of main(x, w, b) = after(conv2d(before(x), w) + b), b one per output channel,
+    as in the UNet (`before`, `after`: Relax ops of one tensor, or None)."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x, w = relax.Var("x", relax.TensorType(x_shape, "float32")), relax.Var("w", relax.TensorType(w_shape, "float32"))
+    b = relax.Var("b", relax.TensorType((w_shape[0],), "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            h = bb.emit(before(x)) if before else x
+            conv = bb.emit(relax.op.nn.conv2d(h, w, strides=stride, padding=padding))
+            out = relax.op.add(conv, relax.op.reshape(b, (1, w_shape[0], 1, 1)))
+            out = bb.emit_output(after(bb.emit(out)) if after else out)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def kernels(mod) -> dict:
+    """A module's PrimFuncs by name."""
+    import tvm
+
+    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
 def doit(
     *args: str, check: bool = True, env: dict | None = None, timeout_s: float | None = None
 ) -> tuple[list[str], subprocess.CompletedProcess]:

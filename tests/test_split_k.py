@@ -10,6 +10,7 @@ import torch
 import tvm
 from tvm import relax
 
+from conftest import conv_function, kernels
 from stages.legalize import passes
 from websd.schedules.matmul import Gemm, gemm_of
 from websd.passes.split_k import matmul_splits_for, splits_for
@@ -25,22 +26,10 @@ CASES = {
 
 
 def module(name: str) -> tvm.IRModule:
-    """conv2d + bias + residual, legalized by the build's passes."""
+    """conv2d + bias, squared, legalized by the build's passes."""
     x_shape, w_shape, stride, padding = CASES[name]
-    bb = relax.BlockBuilder()
-    x, w = relax.Var("x", relax.TensorType(x_shape, "float32")), relax.Var("w", relax.TensorType(w_shape, "float32"))
-    b = relax.Var("b", relax.TensorType((w_shape[0],), "float32"))
-    with bb.function("main", [x, w, b]):
-        with bb.dataflow():
-            conv = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding))
-            out = bb.emit(relax.op.add(conv, relax.op.reshape(b, (1, w_shape[0], 1, 1))))
-            out = bb.emit_output(relax.op.multiply(out, out))
-        bb.emit_func_output(out)
-    return tvm.transform.Sequential(passes())(bb.get())
-
-
-def kernels(mod: tvm.IRModule) -> dict:
-    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    squared = conv_function(x_shape, w_shape, stride, padding, after=lambda out: relax.op.multiply(out, out))
+    return tvm.transform.Sequential(passes())(squared)
 
 
 def test_sd15_convolutions_split_as_measured() -> None:

@@ -12,7 +12,7 @@ import torch
 import tvm
 from tvm import relax
 
-from conftest import layout_of
+from conftest import conv_function, kernels, layout_of
 from stages.legalize import passes
 from websd import relax_io
 from websd.passes.winograd import A_T, B_T, G, channel_blocks
@@ -36,28 +36,9 @@ CASES = {
 LIMITS = {"many_filters": 1 << 15, "large_image": 1 << 12}
 
 
-def source(name: str) -> tvm.IRModule:
-    """SiLU -> conv2d -> + bias, as in the UNet's resnet blocks."""
-    x_shape, w_shape, stride, padding = CASES[name]
-    bb = relax.BlockBuilder()
-    x, w = relax.Var("x", relax.TensorType(x_shape, "float32")), relax.Var("w", relax.TensorType(w_shape, "float32"))
-    b = relax.Var("b", relax.TensorType((w_shape[0],), "float32"))
-    with bb.function("main", [x, w, b]):
-        with bb.dataflow():
-            h = bb.emit(relax.op.nn.silu(x))
-            conv = bb.emit(relax.op.nn.conv2d(h, w, strides=stride, padding=padding))
-            out = bb.emit_output(relax.op.add(conv, relax.op.reshape(b, (1, w_shape[0], 1, 1))))
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def module(name: str, binding_limit: int = 1 << 30) -> tvm.IRModule:
-    """The case legalized by the build's passes."""
-    return tvm.transform.Sequential(passes(binding_limit))(source(name))
-
-
-def kernels(mod: tvm.IRModule) -> dict:
-    return {gv.name_hint: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    """SiLU -> conv2d -> + bias, as in the UNet's resnet blocks, legalized by the build's passes."""
+    return tvm.transform.Sequential(passes(binding_limit))(conv_function(*CASES[name], before=relax.op.nn.silu))
 
 
 def test_transforms_compute_a_3x3_correlation() -> None:

@@ -16,6 +16,18 @@ def static_shape(expr) -> list[int] | None:
         return None
 
 
+def conv2d_shapes(call) -> list[list[int]] | None:
+    """The (data, weight, output) shapes of a relax.nn.conv2d call the build's convolution
+    passes rewrite: float32, one group, NCHW / OIHW / NCHW, static shapes; None for any other."""
+    attrs = call.attrs
+    operands = (*call.args, call)
+    shapes = [static_shape(e) for e in operands]
+    if (None in shapes or any(e.ty.dtype != "float32" for e in operands) or int(attrs.groups) != 1
+            or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
+        return None
+    return shapes
+
+
 def parameter_uses(function) -> dict:
     """Each parameter -> the calls that take it as an argument."""
     from tvm import relax

@@ -27,7 +27,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from websd.passes import static_shape
+from websd.passes import conv2d_shapes, static_shape
 from websd.schedules.matmul import MIN_WORKGROUPS, TILES, Gemm, workgroups
 
 # Split until the 64x64 tiles fill a large GPU twice over (four workgroups a multiprocessor of
@@ -119,9 +119,7 @@ class _Splitter(PyExprMutator):
     def split_conv2d(self, call):
         data, weight = call.args
         attrs = call.attrs
-        shapes = [static_shape(e) for e in (data, weight, call)]
-        if (None in shapes or int(attrs.groups) != 1 or data.ty.dtype != "float32" or call.ty.dtype != "float32"
-                or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
+        if (shapes := conv2d_shapes(call)) is None:
             return call
         (_, channels, _, _), (_, _, ky, kx), (n, o, height, width) = shapes
         splits = splits_for(n * height * width, o, channels * ky * kx, channels)

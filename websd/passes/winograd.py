@@ -38,7 +38,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from websd.passes import static_shape
+from websd.passes import conv2d_shapes, static_shape
 
 # F(2x2, 3x3): outputs per tile side, filter side, and the transforms (Lavin and Gray, section 4.1)
 TILE, KERNEL = 2, 3
@@ -170,15 +170,12 @@ class _Winograd(PyExprMutator):
 
     def blocks(self, call) -> int:
         """channel_blocks of the convolution `call`; 0: it stays as it is."""
-        data, weight = call.args
         attrs = call.attrs
-        shapes = [static_shape(e) for e in (data, weight, call)]
-        if None in shapes or data.ty.dtype != "float32" or weight.ty.dtype != "float32":
+        if (shapes := conv2d_shapes(call)) is None:
             return 0
         top, left, bottom, right = (int(v) for v in attrs.padding)
-        if (shapes[1][2:] != [KERNEL, KERNEL] or int(attrs.groups) != 1 or top != bottom or left != right
-                or [int(v) for v in (*attrs.strides, *attrs.dilation)] != [1, 1, 1, 1]
-                or (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NCHW", "OIHW", "NCHW")):
+        if (shapes[1][2:] != [KERNEL, KERNEL] or top != bottom or left != right
+                or [int(v) for v in (*attrs.strides, *attrs.dilation)] != [1, 1, 1, 1]):
             return 0
         return channel_blocks(shapes[0], shapes[2], self.binding_limit)
 
