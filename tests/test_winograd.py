@@ -15,7 +15,7 @@ from tvm import relax
 from conftest import conv_function, kernels, layout_of
 from stages.legalize import passes
 from websd import relax_io
-from websd.passes.winograd import A_T, B_T, G, channel_blocks
+from websd.passes.winograd import F2, F4, MIN_LARGE_TILES, Minimal, channel_blocks, choose
 from websd.schedules.matmul import Gemm, gemm_of
 
 # (input shape, weight shape, stride, padding): sizes no tile divides (odd, so the last tiles
@@ -24,6 +24,8 @@ CASES = {
     "odd": ((2, 5, 7, 9), (6, 5, 3, 3), 1, 1),
     "unpadded": ((1, 3, 8, 10), (4, 3, 3, 3), 1, 0),
     "deep": ((1, 64, 16, 16), (32, 64, 3, 3), 1, 1),
+    # 2 x 8 x 9 = 144 tiles of 4x4, the last row and column of them partly outside the output
+    "large_tiles": ((2, 6, 30, 34), (5, 6, 3, 3), 1, 1),
     # U (16 x 64 x 16 floats, 64 KiB) larger than V (4 KiB) and M (16 KiB), as at SD's 8x8 latents
     "many_filters": ((1, 16, 4, 4), (64, 16, 3, 3), 1, 1),
     # V and M (16 x 4 channels x 8 x 8 tiles: 16 KiB) larger than U, as in SD's VAE at 512x512
@@ -41,13 +43,16 @@ def module(name: str, binding_limit: int = 1 << 30) -> tvm.IRModule:
     return tvm.transform.Sequential(passes(binding_limit))(conv_function(*CASES[name], before=relax.op.nn.silu))
 
 
-def test_transforms_compute_a_3x3_correlation() -> None:
-    # Y = A^T [(G g G^T) * (B^T d B)] A: 2x2 outputs of a 4x4 block, as the pass's constants are
+@pytest.mark.parametrize("f", [F2, F4], ids=["F2", "F4"])
+def test_transforms_compute_a_3x3_correlation(f: Minimal) -> None:
+    # Y = A^T [(G g G^T) * (B^T d B)] A: m x m outputs of an (m + 2) x (m + 2) block, as the
+    # pass's constants are
     rng = np.random.default_rng(0)
-    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
-    a_t, b_t, g_m = (np.array(m, dtype=np.float64) for m in (A_T, B_T, G))
+    d, g = rng.standard_normal((f.block, f.block)), rng.standard_normal((3, 3))
+    a_t, b_t, g_m = (np.array(m, dtype=np.float64) for m in (f.a_t, f.b_t, f.g))
+    assert a_t.shape == (f.tile, f.block) and b_t.shape == (f.block, f.block) and g_m.shape == (f.block, 3)
     got = a_t @ ((g_m @ g @ g_m.T) * (b_t @ d @ b_t.T)) @ a_t.T
-    want = [[np.sum(d[y:y + 3, x:x + 3] * g) for x in range(2)] for y in range(2)]
+    want = [[np.sum(d[y:y + 3, x:x + 3] * g) for x in range(f.tile)] for y in range(f.tile)]
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -62,6 +67,12 @@ def test_3x3_convolutions_become_16_gemms_between_elementwise_transforms() -> No
                         "fused_conv2d_winograd_output_add"}
 
 
+def test_large_images_become_36_gemms() -> None:
+    mod = kernels(module("large_tiles"))
+    # 36 products of 5 x 6 filters by 6 channels x (2 images x 8 x 9 tiles)
+    assert gemm_of(mod["conv2d_winograd_product"]) == Gemm(36, 5, 144, 6)
+
+
 def test_filters_larger_than_a_binding_make_blocks_of_output_channels() -> None:
     mod = kernels(module("many_filters", LIMITS["many_filters"]))
     # a filter transform per block (each its channels), the same GEMM for both
@@ -72,10 +83,24 @@ def test_filters_larger_than_a_binding_make_blocks_of_output_channels() -> None:
 
 
 def test_blocks_of_output_channels_as_bindings_allow() -> None:
-    assert channel_blocks((1, 16, 4, 4), (1, 64, 4, 4), 1 << 15) == 2  # "many_filters": U of 64 KiB
-    assert channel_blocks((1, 16, 4, 4), (1, 64, 4, 4), 1 << 10) == 0  # V (4 KiB) does not fit
-    assert channel_blocks((1, 4, 15, 16), (1, 4, 15, 16), 1 << 12) == 0  # "large_image": V of 16 KiB
-    assert channel_blocks((1, 4, 15, 16), (1, 4, 15, 16), 1 << 14) == 1
+    assert channel_blocks(F2, (1, 16, 4, 4), (1, 64, 4, 4), 1 << 15) == 2  # "many_filters": U of 64 KiB
+    assert channel_blocks(F2, (1, 16, 4, 4), (1, 64, 4, 4), 1 << 10) == 0  # V (4 KiB) does not fit
+    assert channel_blocks(F2, (1, 4, 15, 16), (1, 4, 15, 16), 1 << 12) == 0  # "large_image": V of 16 KiB
+    assert channel_blocks(F2, (1, 4, 15, 16), (1, 4, 15, 16), 1 << 14) == 1
+
+
+def test_large_images_take_4x4_tiles() -> None:
+    limit = 128 << 20  # WebGPU's default binding
+    # SD 1.5's UNet at batch 2: 4x4 tiles from 32x32 latents on (128 tiles), 2x2 below
+    for side, f in ((64, F4), (32, F4), (16, F2), (8, F2)):
+        assert choose((2, 320, side, side), (2, 320, side, side), limit) == (f, 1)
+    assert 2 * 8 * 8 == MIN_LARGE_TILES
+    # 1280 filters of 1280 channels: U in 4x4 tiles (36 x 1280 x 1280 floats) in 2 blocks
+    assert choose((2, 1280, 32, 32), (2, 1280, 32, 32), limit) == (F4, 2)
+    # the VAE's 512 channels at 128x128 in 4x4 tiles; at 256x256 (256 channels) V fits in
+    # neither (36 x 256 x 64 x 64 floats: 144 MiB)
+    assert choose((1, 512, 128, 128), (1, 512, 128, 128), limit) == (F4, 1)
+    assert choose((1, 256, 256, 256), (1, 256, 256, 256), limit) is None
 
 
 @pytest.mark.parametrize("name", ["strided", "pointwise", "large_image"])

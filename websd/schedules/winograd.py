@@ -1,4 +1,4 @@
-"""Winograd's filter and input transforms (websd/passes/winograd.py): a thread per 4x4 block.
+"""Winograd's filter and input transforms (websd/passes/winograd.py): a thread per block.
 
 Each entry of a transform, X[e, i, j] for the 16 entries e of one block (i, j), is a sum of a
 few of that block's values with coefficients that depend on e. dlight's fallback schedule maps
