@@ -1,6 +1,6 @@
 """Matmul-like kernels (matmuls and every convolution, as an implicit GEMM) with tiles chosen per
-GEMM shape: a schedule of our own (`schedule_vector_tiles`) for nearly all of them, dlight's
-schedule with a 32x32 tile for products whose rows 64-row tiles would pad.
+GEMM shape (`choose_tile`), all in a schedule of our own (`schedule_vector_tiles`): 64x64 tiles
+16 deep for most, 128x64 for the widest, 32x32 tiles 32 deep where 64-wide ones would pad.
 
 dlight's Matmul rule normalizes such a kernel to C[S, I, J] += A[S, I, K] * B[S, J, K] and tiles
 it with one configuration per target. On webgpu that is its generic one: 8x8 threads of 4x4
@@ -22,7 +22,12 @@ matmuls from 31.7 to 30.1 ms a step and its convolutions from 50.1 to 49.3, with
 on the widest products (e.g. 8192 x 2560 of depth 320: 3.46 -> 2.91 ms); 128x128 tiles (8 deep,
 to fit 16 KiB) lost everywhere (137.6 against 108.5 ms a step). With the rule below the UNet
 step went from 111.0 to 105.3 ms in WebGPU (with the weight transposes gone too) and the VAE
-decode from 126.5 to 115.9 (tile-sweep/vec4x4-rule/, 04:28 UTC).
+decode from 126.5 to 115.9 (tile-sweep/vec4x4-rule/, 04:28 UTC). Products with few rows or
+columns took dlight's 32x32 tile, 8 deep: a workgroup's loop over a depth of 768 was 96 steps
+of waiting on memory. Our schedule on 8x8 threads, 32 deep, made it 24 (results/small-tiles/,
+10:42 UTC): the text encoder's matmuls from 6.2 to 3.6 ms in WebGPU, the UNet's products of the
+154 text rows from 2.5 to 1.35 ms a step, its Winograd products at 8x8 latents (32 columns)
+from 3.9 to 2.4.
 """
 
 from __future__ import annotations
@@ -57,19 +62,22 @@ TILES = {
 
 @dataclass(frozen=True)
 class VectorTile:
-    """A tile of our own schedule (`schedule_vector_tiles`) on 16 x 16 threads, 16 deep: each
-    thread computes `rows` x 4 of C (rows a multiple of 4)."""
+    """A tile of our own schedule (`schedule_vector_tiles`) on `threads` x `threads` threads,
+    `depth` deep: each thread computes `rows` x 4 of C (rows a multiple of 4)."""
 
     rows: int = 4
+    threads: int = 16
+    depth: int = 16
 
 
 # name -> tile (SwiftShader runs 64x64 16 deep, unlike dlight's schedule 16 deep, but loses its
 # device on 128x64: tests/test_schedules.py)
-VECTOR_TILES = {"64x64-vec4x4-k16": VectorTile(), "128x64-vec4x4-k16": VectorTile(rows=8)}
+VECTOR_TILES = {"64x64-vec4x4-k16": VectorTile(), "128x64-vec4x4-k16": VectorTile(rows=8),
+                "32x32-vec4x4-k32": VectorTile(threads=8, depth=32)}
 # dlight's CUDA configuration vectorizes loads in a form WebGPU's codegen rejects for some kernels.
 CUDA_ONLY = ("dlight-cuda",)
 # What choose_tile picks from.
-CHOSEN_FROM = ("32x32", "64x64-vec4x4-k16", "128x64-vec4x4-k16")
+CHOSEN_FROM = ("32x32-vec4x4-k32", "64x64-vec4x4-k16", "128x64-vec4x4-k16")
 # Workgroups that keep a large GPU busy: two per multiprocessor of an H100 or H200 (132); SplitK
 # (websd/passes/split_k.py) splits the depth of products with fewer.
 MIN_WORKGROUPS = 264
@@ -77,8 +85,16 @@ MIN_WORKGROUPS = 264
 # products of 1280 to 5120 tiles, e.g. 8192 x 2560 of depth 320: 3.31 -> 2.91 ms in WebGPU; 640
 # tiles and fewer lost, e.g. 8192 x 320 of depth 2880: 3.57 -> 3.77).
 WIDE = 1280
-# 32x32 where 64-row tiles pad at least this much more of the rows (154 rows: 19.8% against 3.8%).
-ROW_WASTE = 0.15
+# 32x32 where 64-wide tiles pad at least this much more of the rows or columns than 32-wide
+# ones (154 rows: 19.8% against 3.8%).
+WASTE = 0.15
+# On webgpu, matmuls of at most this many 64x64 tiles (1.2 a multiprocessor of an H200) take
+# 32x32 ones, 4 times the workgroups. Measured with 32x32 on every GEMM of the UNet (H200,
+# 2026-11-28 11:31 UTC, results/winograd/1131-projections/): each such matmul ran faster in
+# WebGPU (512 x 1280 of depth 5120: 2.76 -> 2.18 ms; all of them: 4.0 ms less a step), those of
+# 240 and 320 tiles slower, and the implicit-GEMM convolutions slower at every size; natively
+# only the split ones were faster (0.5 ms more a step for all of them).
+FEW = 160
 
 
 @dataclass(frozen=True)
@@ -145,25 +161,32 @@ def workgroups(gemm: Gemm, config: Config) -> int:
     return gemm.batch * -(-gemm.rows // rows) * -(-gemm.cols // cols)
 
 
-def row_waste(rows: int, tile: int) -> float:
-    """The share of a product's rows that tiles of `tile` rows pad."""
-    return 1 - rows / (-(-rows // tile) * tile)
+def waste(extent: int, tile: int) -> float:
+    """The share of a product's rows (or columns) that tiles of `tile` of them pad."""
+    return 1 - extent / (-(-extent // tile) * tile)
 
 
-def choose_tile(gemm: Gemm) -> str:
-    """Our vec4 schedule (`schedule_vector_tiles`) with vec4 reads of both operands, 16 deep:
-    128x64 tiles for products of at least WIDE 64x64 tiles and more than 64 rows, 64x64 for the
-    others, except where 64-row tiles pad ROW_WASTE more of the rows than 32-row ones (e.g. the
-    154 = 2 x 77 rows of the UNet's text-conditioning products): dlight's 32x32 there. The same
-    on cuda as on webgpu (the tile sweeps in bench/results/tile-sweep/)."""
-    if row_waste(gemm.rows, 64) - row_waste(gemm.rows, 32) >= ROW_WASTE:
-        return "32x32"
+def choose_tile(gemm: Gemm, target: str) -> str:
+    """Our vec4 schedule (`schedule_vector_tiles`) with vec4 reads of both operands: 64x64 tiles
+    16 deep for most products; 128x64 for products of at least WIDE 64x64 tiles and more than 64
+    rows; 32x32 tiles 32 deep where 64-wide tiles pad WASTE more of the rows or columns than
+    32-wide ones (the 77 text rows of one prompt and 154 of two, the Winograd products of 8x8
+    latents: 32 = 2 x 4 x 4 tiles) and, on webgpu, for the matmuls of at most FEW 64x64 tiles,
+    where the depth is a multiple of 32.
+    `target`: a websd.targets name (the tile sweeps in bench/results/tile-sweep/ measured both)."""
+    # (32 deep only where the depth is whole steps: Chrome's SwiftShader adapter loses its device
+    # compiling the 32x32 kernels of depths 40 and 50, tests/test_schedules.py)
+    if gemm.depth % 32 == 0:
+        if any(waste(extent, 64) - waste(extent, 32) >= WASTE for extent in (gemm.rows, gemm.cols)):
+            return "32x32-vec4x4-k32"
+        if target == "webgpu" and not gemm.convolution and workgroups(gemm, TILES["64x64"]) <= FEW:
+            return "32x32-vec4x4-k32"
     if workgroups(gemm, TILES["64x64"]) >= WIDE and gemm.rows > 64:  # (not 128 rows for a few filters)
         return "128x64-vec4x4-k16"
     return "64x64-vec4x4-k16"
 
 
-def schedule_vector_tiles(func, gemm: Gemm, tile: VectorTile, threads: int = 16, lanes: int = 4, depth: int = 16):
+def schedule_vector_tiles(func, gemm: Gemm, tile: VectorTile, lanes: int = 4):
     """Our implicit-GEMM schedule for WebGPU's codegen: each thread computes tile.rows x 4 of C,
     a vec4 register per row, its rows in groups of 4 consecutive ones (groups beyond the first are
     virtual threads, so that each group's reads stay consecutive across a warp). Both operands
@@ -179,6 +202,7 @@ def schedule_vector_tiles(func, gemm: Gemm, tile: VectorTile, threads: int = 16,
     from tvm.s_tir.dlight.gpu import matmul
 
     sch, main = normalized(func)
+    threads, depth = tile.threads, tile.depth
     sch.pad_einsum(main, [1, threads * tile.rows, threads * lanes, depth])  # whole tiles
     batch, i, j, k = sch.get_loops(main)
     bi, vo, ti, vi = sch.split(i, [None, tile.rows // lanes, threads, lanes])
@@ -258,7 +282,7 @@ class Matmul(dl.gpu.Matmul):
         gemm = gemm_of(func)
         if gemm is None:  # not a GEMM we can read: dlight's rule decides, with its configuration
             return super().apply(func, target, tunable)
-        tile = self.tile or choose_tile(gemm)
+        tile = self.tile or choose_tile(gemm, target.kind.name)
         if tile in VECTOR_TILES:
             return schedule_vector_tiles(func, gemm, VECTOR_TILES[tile])
         return _Tiled(TILES[tile]).apply(func, target, tunable)
