@@ -16,6 +16,7 @@ from stages.task import WEBSD_DIR, stage_task
 from websd import relax_io
 from websd.architecture import ENTRIES
 from websd.config import Config
+from websd.passes.concat_projections import concatenate_projections
 from websd.passes.split_weights import split_wide_tables
 from websd.passes.transpose_weights import transpose_read_weights
 from websd.paths import Layout
@@ -59,9 +60,11 @@ def _import(exported: Path, binding_limit: int):
     if [tuple(p.shape) for _, p in named] != [tuple(w.shape) for w in weights]:
         raise RuntimeError(f"{exported}: the imported weights do not follow the program's parameters")
     # Tables a WebGPU kernel could not bind whole (CLIP's token embedding) go in column blocks,
-    # matrices the graph only reads transposed (Linear weights) are stored transposed.
+    # matrices the graph only reads transposed (Linear weights) are stored transposed, and those
+    # that multiply one tensor (an attention's projections) side by side.
     function, weights = split_wide_tables(mod["main"], {name: w.numpy() for (name, _), w in zip(named, weights)}, binding_limit)
-    return transpose_read_weights(function, weights)
+    function, weights = transpose_read_weights(function, weights)
+    return concatenate_projections(function, weights, binding_limit)
 
 
 def import_relax(exported: dict[str, Path], module_out: Path, params_out: Path, binding_limit: int = BINDING_LIMIT) -> None:
@@ -92,6 +95,6 @@ def tasks(config: Config, layout: Layout):
             targets=[layout.imported(component), layout.params(component)],
             options=config.stage("import_relax"),
             tools=("apache-tvm", "apache-tvm-ffi", "torch"),
-            sources=(__file__, WEBSD_DIR / "relax_io.py", *(WEBSD_DIR / "passes" / f for f in ("__init__.py", "split_weights.py", "transpose_weights.py")),
-                     WEBSD_DIR / "targets.py"),
+            sources=(__file__, WEBSD_DIR / "relax_io.py", WEBSD_DIR / "targets.py",
+                     *(WEBSD_DIR / "passes" / f for f in ("__init__.py", "split_weights.py", "transpose_weights.py", "concat_projections.py"))),
         )

@@ -28,32 +28,40 @@ from websd.kernels.attention import (ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, A
 from websd.targets import kernel_source, tvm_target
 
 # (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
-# or 0 for (groups, tokens, head_dim)); small enough for the CPU, odd lengths on purpose.
+# or 0 for (groups, tokens, head_dim)[, projections: q, k and v read as the 1st, 2nd and 3rd
+# block of heads * head_dim columns of (batch, tokens, 3 * heads * head_dim) tensors]); small
+# enough for the CPU, odd lengths on purpose.
 CASES = [
     (1, 1, 1, 8, False, 0),
     (2, 7, 7, 8, True, 0),
     (4, 77, 77, 64, True, 4),  # CLIP-like, 2 x 4 heads
+    (4, 77, 77, 64, True, 4, 3),  # the same, projected in one product
     (4, 100, 77, 40, False, 2),  # cross-attention
     (2, 333, 333, 40, False, 2),
+    (2, 333, 333, 40, False, 2, 3),
     (2, 100, 100, 80, False, 1),
     (4, 33, 77, 160, False, 4),
     (1, 100, 100, 512, False, 1),  # VAE-like
     (3, 45, 45, 5, True, 3),  # no table entry: the generic tiles
+    (3, 45, 45, 5, True, 3, 3),
 ]
 
 
 def case_id(case) -> str:
-    g, n, m, d, causal, heads = case
-    return f"g{g}_q{n}_kv{m}_d{d}{'_causal' if causal else ''}{f'_h{heads}' if heads else ''}"
+    g, n, m, d, causal, heads, *projections = case
+    return f"g{g}_q{n}_kv{m}_d{d}{'_causal' if causal else ''}{f'_h{heads}' if heads else ''}{f'_cols{projections[0]}' if projections else ''}"
 
 
-def make_spec(groups, q_len, kv_len, head_dim, causal, heads) -> AttentionSpec:
-    def operand(tokens: int) -> Operand:
+def make_spec(groups, q_len, kv_len, head_dim, causal, heads, projections=0) -> AttentionSpec:
+    def operand(tokens: int, block: int | None) -> Operand:
+        if heads and projections and block is not None:
+            return Operand((groups // heads, tokens, projections * heads * head_dim), heads, projections * heads * head_dim, block * heads * head_dim)
         if heads:
             return Operand((groups // heads, tokens, heads * head_dim), heads)
         return Operand((groups, tokens, head_dim))
 
-    return AttentionSpec(groups, q_len, kv_len, head_dim, causal, head_dim**-0.5, operand(q_len), operand(kv_len), operand(kv_len), operand(q_len))
+    return AttentionSpec(groups, q_len, kv_len, head_dim, causal, head_dim**-0.5, operand(q_len, 0), operand(kv_len, 1), operand(kv_len, 2),
+                         operand(q_len, None))
 
 
 def inputs(spec: AttentionSpec, seed: int = 0) -> list[np.ndarray]:
@@ -64,6 +72,8 @@ def inputs(spec: AttentionSpec, seed: int = 0) -> list[np.ndarray]:
 def reference(spec: AttentionSpec, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     def heads_first(x: np.ndarray, op: Operand, tokens: int) -> torch.Tensor:
         t = torch.from_numpy(x).double()
+        if op.row:  # its columns
+            t = t[..., op.start:op.start + op.heads * spec.head_dim]
         if op.heads:
             t = t.reshape(spec.groups // op.heads, tokens, op.heads, spec.head_dim).transpose(1, 2)
         return t.reshape(spec.groups, tokens, spec.head_dim)
@@ -132,22 +142,33 @@ def test_every_head_dim_has_tiles() -> None:
 # --- the pass on small graphs written as the importer writes them ----------------------------
 
 
-def importer_like(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, mask=None, return_probs: bool = False):
+def importer_like(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, mask=None, return_probs: bool = False,
+                  projected: bool = False):
     """diffusers' AttnProcessor as torch.export + the importer give it: q, k, v (batch, tokens,
     heads * head_dim) -> head split -> matmul(q, k^T) * scale [+ mask] -> softmax -> matmul v ->
-    head merge."""
+    head merge. `projected`: q, k and v are the three blocks of columns of one (batch, tokens,
+    3 * heads * head_dim) tensor, as websd/passes/concat_projections.py gives them."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
-    params = [relax.Var(x, relax.TensorType((batch, t, heads * head_dim), "float32")) for x, t in (("q", q_len), ("k", kv_len), ("v", kv_len))]
+    width = heads * head_dim
+    if projected:
+        params = [relax.Var("qkv", relax.TensorType((batch, q_len, 3 * width), "float32"))]
+    else:
+        params = [relax.Var(x, relax.TensorType((batch, t, width), "float32")) for x, t in (("q", q_len), ("k", kv_len), ("v", kv_len))]
     with bb.function("main", params):
         with bb.dataflow():
+            if projected:
+                projections = [bb.emit(relax.op.strided_slice(params[0], axes=[2], begin=[i * width], end=[(i + 1) * width])) for i in range(3)]
+            else:
+                projections = params
+
             def heads_first(x, tokens):
                 x = bb.emit(relax.op.reshape(x, (batch, tokens, heads, head_dim)))
                 x = bb.emit(relax.op.permute_dims(x, [0, 2, 1, 3]))
                 return bb.emit(relax.op.reshape(x, (batch * heads, tokens, head_dim)))
 
-            q, k, v = (heads_first(x, t) for x, t in zip(params, (q_len, kv_len, kv_len)))
+            q, k, v = (heads_first(x, t) for x, t in zip(projections, (q_len, kv_len, kv_len)))
             scores = bb.emit(relax.op.matmul(q, bb.emit(relax.op.permute_dims(k, [0, 2, 1]))))
             scores = bb.emit(relax.op.multiply(scores, relax.const(head_dim**-0.5, "float32")))
             if mask is not None:
@@ -199,6 +220,22 @@ def test_pass_fuses_and_matches(shape, mask, causal) -> None:
     assert_close(run_llvm(fused, *args), run_llvm(mod, *args))
 
 
+def test_pass_reads_projections_in_place() -> None:
+    """q, k and v as columns of one product: the kernel reads each where it sits, no copies."""
+    from websd.passes.attention import fuse_attention
+
+    batch, heads, tokens, head_dim = 2, 4, 20, 8
+    mod = importer_like(batch, heads, tokens, tokens, head_dim, projected=True)
+    fused = fuse_attention(mod)
+    (spec,) = attention_specs(fused)
+    width = heads * head_dim
+    for i, op in enumerate((spec.q, spec.k, spec.v)):
+        assert op == Operand((batch, tokens, 3 * width), heads, 3 * width, i * width)
+    assert "strided_slice" not in fused["main"].script()
+    qkv = np.random.default_rng(0).standard_normal((batch, tokens, 3 * width), dtype=np.float32)
+    assert_close(run_llvm(fused, qkv), run_llvm(mod, qkv))
+
+
 @pytest.mark.parametrize("why", ["non-causal mask", "probabilities used elsewhere"])
 def test_pass_leaves_other_patterns_alone(why) -> None:
     from websd.passes.attention import fuse_attention
@@ -245,6 +282,10 @@ def test_pass_finds_every_attention_of_the_default_model(default_legalized: Layo
     assert all(spec.causal == (component == "text_encoder") for spec in specs)
     if component != "vae_decoder":  # multi-head: the head transposes are gone
         assert all(op.heads > 1 for spec in specs for op in (spec.q, spec.k, spec.v, spec.out))
+        # keys and values (and self-attention's queries) are columns of one product with others
+        # (websd/passes/concat_projections.py), read in place
+        assert all(spec.k.row and spec.v.row for spec in specs)
+        assert all(bool(spec.q.row) == (spec.q_len == spec.kv_len) for spec in specs)
 
 
 def _calls(func) -> list:

@@ -1,5 +1,7 @@
-"""websd.relax_io: the weights of a build, picked from a model's by the build's names; and
-websd.passes.transpose_weights, which stores a matrix the graph only reads transposed so."""
+"""websd.relax_io: the weights of a build, picked from a model's by the build's names; and the
+passes that store weights as the graph reads them: websd.passes.transpose_weights (a matrix the
+graph only reads transposed, so) and websd.passes.concat_projections (the matrices that multiply
+one tensor, side by side)."""
 
 from __future__ import annotations
 
@@ -73,3 +75,55 @@ def test_matrices_read_only_transposed_are_stored_transposed() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(new_weights.values(), select_weights(weights, list(new_weights)).values()))
     x = np.random.default_rng(1).standard_normal((5, 4), dtype=np.float32)
     np.testing.assert_allclose(run_llvm(transposed, x, *new_weights.values()), run_llvm(function, x, *weights.values()), rtol=1e-6)
+
+
+def projections_of_one_input(bias: bool):
+    """q, k, v = x @ Wq, x @ Wk, x @ Wv (each + its bias, if `bias`); out = q + k * v, and
+    x @ Wo (another depth, so a group of its own: left alone). Wv belongs to another module
+    than Wq and Wk (PyTorch's names): left alone too."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 5, 8), "float32"))
+    names = ["attn.q.weight", "attn.k.weight", "other.v.weight"]  # v: another module's
+    ws = [relax.Var(n, relax.TensorType((8, 4), "float32")) for n in ("wq", "wk", "wv")]
+    bs = [relax.Var(n, relax.TensorType((4,), "float32")) for n in ("bq", "bk", "bv")] if bias else []
+    wo = relax.Var("wo", relax.TensorType((4, 8), "float32"))
+    with bb.function("main", [x, *[p for pair in zip(ws, bs or ws) for p in (pair if bias else pair[:1])], wo]):
+        with bb.dataflow():
+            q, k, v = (bb.emit(relax.op.matmul(x, w)) for w in ws)
+            if bias:
+                q, k, v = (bb.emit(relax.op.add(t, b)) for t, b in zip((q, k, v), bs))
+            mixed = bb.emit(relax.op.add(q, relax.op.multiply(k, v)))
+            out = bb.emit_output(relax.op.matmul(mixed, wo))
+        bb.emit_func_output(out)
+    rng = np.random.default_rng(0)
+    shapes = [(n, (8, 4)) for n in names]
+    if bias:
+        shapes = [p for n, s in shapes for p in ((n, s), (n.replace("weight", "bias"), (4,)))]
+    weights = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in [*shapes, ("o.weight", (4, 8))]}
+    return bb.get()["main"], weights
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_projections_of_one_input_are_one_product(bias: bool) -> None:
+    from websd.passes.concat_projections import concatenate_projections
+
+    function, weights = projections_of_one_input(bias)
+    merged, new_weights = concatenate_projections(function, weights, 1 << 20)
+    want = ["attn.q.weight|attn.k.weight", *(["attn.q.bias|attn.k.bias"] if bias else []), "other.v.weight", *(["other.v.bias"] if bias else []),
+            "o.weight"]
+    assert list(new_weights) == want
+    assert new_weights[want[0]].shape == (8, 8)
+    assert merged.script().count("R.matmul") == 3 and merged.script().count("R.strided_slice") == 2
+    # the weights are as select_weights picks them from the model's, and the results the same
+    assert all(np.array_equal(a, b) for a, b in zip(new_weights.values(), select_weights(weights, list(new_weights)).values()))
+    x = np.random.default_rng(1).standard_normal((2, 5, 8), dtype=np.float32)
+    np.testing.assert_allclose(run_llvm(merged, x, *new_weights.values()), run_llvm(function, x, *weights.values()), rtol=1e-6)
+
+
+def test_projections_larger_than_a_binding_stay_apart() -> None:
+    from websd.passes.concat_projections import concatenate_projections
+
+    function, weights = projections_of_one_input(False)
+    assert concatenate_projections(function, weights, 2 * 8 * 4 * 4 - 1)[1] == weights

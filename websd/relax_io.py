@@ -56,7 +56,8 @@ def tensor_cache_param_names(cache_dir: Path) -> list[str]:
 
 # A weight stored in column blocks (a table wider than a WebGPU binding) is named after its
 # PyTorch parameter with the block's columns, "name[:, start:stop]"; a matrix stored transposed
-# (one the graph only reads transposed), "name.T".
+# (one the graph only reads transposed), "name.T"; weights stored side by side along their last
+# axis (projections of one input), their names joined by "|".
 _COLUMN_BLOCK = re.compile(r"(?P<name>.+)\[:, (?P<start>\d+):(?P<stop>\d+)\]")
 _TRANSPOSED = re.compile(r"(?P<name>.+)\.T")
 
@@ -64,17 +65,20 @@ _TRANSPOSED = re.compile(r"(?P<name>.+)\.T")
 def select_weights(weights: Mapping[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
     """The arrays a build takes, by its weight names (a tensor cache's `param_names`), from
     PyTorch's weights by parameter name: a column block's name selects those columns, a
-    transposed matrix's the transpose."""
-    selected = {}
-    for name in names:
-        block, transposed = _COLUMN_BLOCK.fullmatch(name), _TRANSPOSED.fullmatch(name)
-        source = (block or transposed or {"name": name})["name"]
-        if source not in weights:
-            raise KeyError(f"the build takes weight {name!r}, but the model has no parameter {source!r}")
-        weight = weights[source]
-        if block:
-            weight = weight[:, int(block["start"]) : int(block["stop"])]
-        elif transposed:
-            weight = weight.T
-        selected[name] = np.ascontiguousarray(weight) if block or transposed else weight
-    return selected
+    transposed matrix's the transpose, a concatenation's its parts side by side."""
+    return {name: _select(weights, name) for name in names}
+
+
+def _select(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if "|" in name:
+        return np.concatenate([_select(weights, part) for part in name.split("|")], axis=-1)
+    block, transposed = _COLUMN_BLOCK.fullmatch(name), _TRANSPOSED.fullmatch(name)
+    source = (block or transposed or {"name": name})["name"]
+    if source not in weights:
+        raise KeyError(f"the build takes weight {name!r}, but the model has no parameter {source!r}")
+    weight = weights[source]
+    if block:
+        return np.ascontiguousarray(weight[:, int(block["start"]) : int(block["stop"])])
+    if transposed:
+        return np.ascontiguousarray(weight.T)
+    return weight

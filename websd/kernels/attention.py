@@ -61,17 +61,24 @@ OPAQUE = 8  # relax's OpPatternKind::kOpaque
 @dataclass(frozen=True)
 class Operand:
     """How one of q, k, v, out sits in memory. `shape`: the tensor the kernel takes (the graph's).
-    heads == 0: (groups, tokens, head_dim) contiguous. heads > 0: (groups // heads, tokens, heads,
-    head_dim) contiguous, i.e. a (batch, tokens, heads * head_dim) tensor."""
+    heads == 0: (groups, tokens, head_dim) contiguous. heads > 0: rows of `row` floats, one per
+    (batch, token), each holding the heads' head_dims side by side from float `start` on: a
+    (batch, tokens, heads * head_dim) tensor (row 0: heads * head_dim, start 0), or columns of a
+    wider one (query, key and value projected in one product: websd/passes/concat_projections.py)."""
 
     shape: tuple[int, ...]
     heads: int = 0
+    row: int = 0
+    start: int = 0
+
+    def row_floats(self, head_dim: int) -> int:
+        return self.row or self.heads * head_dim
 
     def offset(self, group, tokens: int, token, head_dim: int, d):
         """Flat offset of element (group, token, d); TIR expressions in, TIR expression out."""
         if self.heads:
             h = self.heads
-            return ((group // h) * tokens + token) * (h * head_dim) + (group % h) * head_dim + d
+            return ((group // h) * tokens + token) * self.row_floats(head_dim) + self.start + (group % h) * head_dim + d
         return (group * tokens + token) * head_dim + d
 
     @property
@@ -95,10 +102,16 @@ class AttentionSpec:
     def __post_init__(self):
         for name, tokens in (("q", self.q_len), ("k", self.kv_len), ("v", self.kv_len), ("out", self.q_len)):
             op = getattr(self, name)
-            if op.numel != self.groups * tokens * self.head_dim:
-                raise ValueError(f"attention {name}: shape {op.shape} does not hold {self.groups} x {tokens} x {self.head_dim}")
             if op.heads and self.groups % op.heads:
                 raise ValueError(f"attention {name}: {self.groups} groups are not a multiple of {op.heads} heads")
+            rows = self.groups // op.heads * tokens if op.heads else self.groups * tokens
+            row = op.row_floats(self.head_dim) if op.heads else self.head_dim
+            if op.numel != rows * row or (op.heads and op.start + op.heads * self.head_dim > row):
+                raise ValueError(f"attention {name}: shape {op.shape} does not hold {self.groups} x {tokens} x {self.head_dim}")
+            if self.head_dim % 4 == 0 and (row % 4 or op.start % 4):  # the kernel reads vectors of 4
+                raise ValueError(f"attention {name}: rows of {row} floats from {op.start} on are not in vectors of 4")
+            if name == "out" and op.row:
+                raise ValueError("attention out: written whole, not as columns of a wider tensor")
 
     def to_attr(self) -> dict:
         """The function attribute: plain ints, floats and lists only."""
@@ -108,11 +121,14 @@ class AttentionSpec:
             op = getattr(self, name)
             attr[f"{name}_shape"] = list(op.shape)
             attr[f"{name}_heads"] = op.heads
+            attr[f"{name}_row"] = op.row
+            attr[f"{name}_start"] = op.start
         return attr
 
     @staticmethod
     def from_attr(attr) -> AttentionSpec:
-        ops = {name: Operand(tuple(int(d) for d in attr[f"{name}_shape"]), int(attr[f"{name}_heads"])) for name in ("q", "k", "v", "out")}
+        ops = {name: Operand(tuple(int(d) for d in attr[f"{name}_shape"]), *(int(attr[f"{name}_{key}"]) for key in ("heads", "row", "start")))
+               for name in ("q", "k", "v", "out")}
         return AttentionSpec(
             groups=int(attr["groups"]), q_len=int(attr["q_len"]), kv_len=int(attr["kv_len"]), head_dim=int(attr["head_dim"]),
             causal=bool(int(attr["causal"])), scale=float(attr["scale"]), **ops,

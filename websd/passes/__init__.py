@@ -43,3 +43,20 @@ def parameter_uses(function) -> dict:
 
     relax.analysis.post_order_visit(function.body, visit)
     return uses
+
+
+def replace_weights(function, body, weights: dict, replaced: dict[int, list[tuple]]):
+    """`function` (its weights its last len(weights) parameters, in `weights`' order) with the
+    body of `body` (it rewritten) and, in place of the weights `replaced` names by index, the
+    (new parameter, name, array) it lists for each (none: the weight is dropped). Returns the
+    new function and its weights, by name, in its parameter order."""
+    from tvm import relax
+
+    num_inputs = len(function.params) - len(weights)
+    params = list(function.params)
+    new_params, new_weights = params[:num_inputs], {}
+    for i, (name, weight) in enumerate(weights.items()):
+        for var, new_name, array in replaced.get(i, [(params[num_inputs + i], name, weight)]):
+            new_params.append(var)
+            new_weights[new_name] = array
+    return relax.Function(new_params, body.body, body.ret_ty, body.is_pure, body.attrs, body.span), new_weights

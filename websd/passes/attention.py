@@ -86,9 +86,12 @@ class _Graph:
             for used in relax.analysis.free_vars(value):
                 self.users.setdefault(used, []).append(var)
 
-    def view_input(self, var):
-        """The tensor `var` is a view of (one view op back), or None."""
+    def view_input(self, var, slices: bool = False):
+        """The tensor `var` is a view of (one view op back), or None; with `slices`, a slice
+        of columns (strided_slice of step 1) counts as one."""
         value = self.value.get(var)
+        if slices and _op(value) == "relax.strided_slice" and _unit_steps(value):
+            return value.args[0]
         if _op(value) not in VIEW_OPS:
             return None
         if _op(value) == "relax.broadcast_to" and _shape(value.args[0]) != _shape(var):
@@ -100,9 +103,22 @@ class _Graph:
         return users[0] if self.uses.get(var, 0) == 1 and len(users) == 1 else None
 
 
+def _ints(expr) -> list[int]:
+    return [int(field.value) for field in expr.fields]
+
+
+def _unit_steps(value) -> bool:
+    return len(value.args) < 5 or all(step == 1 for step in _ints(value.args[4]))
+
+
 def _apply_view(array: np.ndarray, value) -> np.ndarray:
-    """What one view op does to an array (of element indices)."""
+    """What one view op (or a slice) does to an array (of element indices)."""
     op = _op(value)
+    if op == "relax.strided_slice":
+        index = [slice(None)] * array.ndim
+        for axis, begin, end in zip(*(_ints(arg) for arg in value.args[1:4])):
+            index[axis] = slice(begin, end)
+        return array[tuple(index)]
     if op == "relax.reshape":
         return array.reshape([int(d) for d in value.args[1].values])
     if op == "relax.permute_dims":
@@ -118,7 +134,7 @@ def _apply_view(array: np.ndarray, value) -> np.ndarray:
     raise ValueError(op)
 
 
-def _layout_offsets(groups: int, tokens: int, head_dim: int, heads: int) -> np.ndarray:
+def _layout_offsets(groups: int, tokens: int, head_dim: int, heads: int, row: int = 0, start: int = 0) -> np.ndarray:
     """Flat offset of each (group, token, d) element in a layout (see Operand)."""
     offsets = np.arange(groups * tokens * head_dim, dtype=np.int64).reshape(groups, tokens, head_dim)
     if not heads:
@@ -126,21 +142,24 @@ def _layout_offsets(groups: int, tokens: int, head_dim: int, heads: int) -> np.n
     g = np.arange(groups).reshape(-1, 1, 1)
     n = np.arange(tokens).reshape(1, -1, 1)
     d = np.arange(head_dim).reshape(1, 1, -1)
-    return ((g // heads * tokens + n) * heads + g % heads) * head_dim + d
+    return (g // heads * tokens + n) * (row or heads * head_dim) + start + g % heads * head_dim + d
 
 
-def _match_layout(index: np.ndarray, groups: int, tokens: int, head_dim: int) -> int | None:
+def _match_layout(index: np.ndarray, groups: int, tokens: int, head_dim: int) -> tuple[int, int, int] | None:
     """`index` (groups, tokens, head_dim): the flat offset in some tensor of each element. The
-    Operand.heads of the layout it is, or None."""
+    Operand fields (heads, row, start) of the layout it is, or None."""
     if np.array_equal(index, _layout_offsets(groups, tokens, head_dim, 0)):
-        return 0
+        return 0, 0, 0
     # heads: how many groups in a row sit head_dim apart at token 0
-    starts = index[:, 0, 0]
+    start = int(index[0, 0, 0])
+    starts = index[:, 0, 0] - start
     heads = 1
     while heads < groups and starts[heads] == heads * head_dim:
         heads += 1
-    if groups % heads == 0 and np.array_equal(index, _layout_offsets(groups, tokens, head_dim, heads)):
-        return heads
+    row = int(index[0, 1, 0] - start) if tokens > 1 else heads * head_dim
+    row = 0 if row == heads * head_dim else row
+    if groups % heads == 0 and np.array_equal(index, _layout_offsets(groups, tokens, head_dim, heads, row, start)):
+        return heads, row, start
     return None
 
 
@@ -149,7 +168,7 @@ def _trace_input(graph: _Graph, var, groups: int, tokens: int, head_dim: int, tr
     stored (..., head_dim, tokens) if `transposed`. The furthest view ancestor whose elements sit
     in a supported layout, or None."""
     chain = [var]
-    while (parent := graph.view_input(chain[-1])) is not None:
+    while (parent := graph.view_input(chain[-1], slices=True)) is not None:
         chain.append(parent)
     for start in range(len(chain) - 1, -1, -1):
         source = chain[start]
@@ -163,9 +182,14 @@ def _trace_input(graph: _Graph, var, groups: int, tokens: int, head_dim: int, tr
             index = index.reshape(groups, head_dim, tokens).transpose(0, 2, 1)
         else:
             index = index.reshape(groups, tokens, head_dim)
-        heads = _match_layout(index, groups, tokens, head_dim)
-        if heads is not None:
-            return source, Operand(shape, heads)
+        layout = _match_layout(index, groups, tokens, head_dim)
+        if layout is None:
+            continue
+        heads, row, start = layout
+        floats = row or heads * head_dim
+        whole_rows = not heads or (start + heads * head_dim <= floats and math.prod(shape) == groups // heads * tokens * floats)
+        if whole_rows and (head_dim % 4 or (floats % 4 == 0 and start % 4 == 0)):  # the kernel's vectors of 4
+            return source, Operand(shape, heads, row, start)
     return None
 
 

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from websd.passes import parameter_uses
+from websd.passes import parameter_uses, replace_weights
 
 
 def column_blocks(shape: tuple[int, ...], itemsize: int, limit: int) -> list[tuple[int, int]]:
@@ -62,17 +62,10 @@ def split_wide_tables(function, weights: dict[str, np.ndarray], limit: int):
         return relax.op.concat([relax.op.take(var, call.args[1], axis=0) for var, _ in replacements[table]], axis=-1)
 
     body = rewrite_call(is_op("relax.take")(wildcard(), wildcard()), lookup, function)
-    new_params, new_weights = params[:num_inputs], {}
-    for i, (name, weight) in enumerate(weights.items()):
-        if i in blocks:
-            for var, (start, stop) in blocks[i]:
-                new_params.append(var)
-                new_weights[f"{name}[:, {start}:{stop}]"] = np.ascontiguousarray(weight[:, start:stop])
-        else:
-            new_params.append(params[num_inputs + i])
-            new_weights[name] = weight
-    split = relax.Function(new_params, body.body, body.ret_ty, body.is_pure, body.attrs, body.span)
-    return split, new_weights
+    return replace_weights(function, body, weights, {
+        i: [(var, f"{name}[:, {start}:{stop}]", np.ascontiguousarray(weight[:, start:stop])) for var, (start, stop) in blocks[i]]
+        for i, (name, weight) in enumerate(weights.items()) if i in blocks
+    })
 
 
 def _row_lookup(call, var) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from websd.passes import parameter_uses
+from websd.passes import parameter_uses, replace_weights
 
 
 def transpose_read_weights(function, weights: dict[str, np.ndarray]):
@@ -40,17 +40,10 @@ def transpose_read_weights(function, weights: dict[str, np.ndarray]):
         return transposed.get(call.args[0], call)
 
     body = rewrite_call(is_op("relax.permute_dims")(wildcard()), read_directly, function)
-    new_params, new_weights = params[:num_inputs], {}
-    for i, (name, weight) in enumerate(weights.items()):
-        var = params[num_inputs + i]
-        if var in transposed:
-            new_params.append(transposed[var])
-            new_weights[f"{name}.T"] = np.ascontiguousarray(weight.T)
-        else:
-            new_params.append(var)
-            new_weights[name] = weight
-    result = relax.Function(new_params, body.body, body.ret_ty, body.is_pure, body.attrs, body.span)
-    return result, new_weights
+    return replace_weights(function, body, weights, {
+        i: [(transposed[var], f"{name}.T", np.ascontiguousarray(weight.T))]
+        for i, ((name, weight), var) in enumerate(zip(weights.items(), params[num_inputs:])) if var in transposed
+    })
 
 
 def _transpose(call) -> bool:
