@@ -44,6 +44,7 @@ from profile_cuda import PROFILE_RUNS  # noqa: E402
 from websd.config import COMPONENTS, Config, load_config  # noqa: E402
 
 RUNS, WARMUP = 20, 3
+WARMUP_S = 1.0  # as webgpu_node.mjs's WARMUP_MS
 STEPS, GUIDANCE, SCHEDULER = 20, 7.5, "dpm-solver"
 PROMPT, NEGATIVE_PROMPT = "a photo of an astronaut riding a horse on mars", ""
 TORCH_MODES = ("fp32-no-tf32", "fp32-tf32", "fp16")
@@ -53,9 +54,12 @@ WORK = Path("/tmp/websd-bench")  # the model, requests, results and images of ea
 
 
 def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
-    for _ in range(warmup):
+    """Median of `runs` synced calls after `warmup` untimed ones, and at least WARMUP_S of them."""
+    started, done = time.perf_counter(), 0
+    while done < warmup or time.perf_counter() - started < WARMUP_S:
         call()
-    sync()
+        sync()
+        done += 1
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -461,7 +465,7 @@ def report(rows: dict, images: dict, errors: dict, inputs: dict) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "setup": {"image": [inputs["height"], inputs["width"]], "unet_batch": 2, "steps": STEPS, "scheduler": SCHEDULER,
                   "guidance": GUIDANCE, "seed": inputs["seed"], "prompt": PROMPT, "runs": RUNS, "warmup": WARMUP,
-                  "gflop_per_unet_step": GFLOP_PER_STEP},
+                  "warmup_s": WARMUP_S, "gflop_per_unet_step": GFLOP_PER_STEP},
         "fp32_peak_tflops": peak,
         "memory_target_gib": MEMORY_TARGET_GIB,
         # The bundle's static memory plan: weights and activations of each component's functions.
@@ -484,9 +488,11 @@ ROW_LABELS = {
 
 def markdown(results: dict) -> str:
     rows, peak = results["rows"], results["fp32_peak_tflops"]
+    warmup_s = results["setup"].get("warmup_s")  # (runs before 2026-11-28 11:45 UTC warmed up for 3 calls only)
+    warmup = f"at least {WARMUP} warm-up calls and {warmup_s:g} s of them" if warmup_s else f"{WARMUP} warm-up calls"
     lines = [
         f"SD 1.5 (random weights), 512x512, UNet at batch 2, {STEPS}-step {SCHEDULER}; {results['card']}, driver "
-        f"{results['driver']}, {results['date']}. Median of {RUNS} calls after {WARMUP} warm-up calls (generation: "
+        f"{results['driver']}, {results['date']}. Median of {RUNS} calls after {warmup} (generation: "
         f"one after one warm-up); measured fp32 peak without tensor cores {peak} TFLOP/s, so the UNet step's floor is "
         f"{GFLOP_PER_STEP / peak:.1f} ms." if peak else "",
         "",

@@ -19,6 +19,7 @@
 //   generation       optional {prompt, negative_prompt, seed, steps, scheduler, guidance}, each
 //                    defaulting to the manifest's `defaults`
 //   runs, warmup     timed calls of each function after untimed ones; default 20 and 3
+//   warmup_ms        the untimed calls go on for at least this long; default 1000 (below)
 //   generation_runs  timed generations after the untimed one; default 2 (0: the untimed one only)
 //   variants         optional {name: {component, wasm}}: other builds of a component of the
 //                    bundle (e.g. "vae_decoder-tile-128x128": {"component": "vae_decoder", ...}),
@@ -73,6 +74,10 @@ import { primFuncOf, profileDispatches } from "./dispatch_profile.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const UNET_TIMESTEP = 500; // the timestep of the UNet's timed calls
+// The untimed calls' default least duration: right after loading, the text encoder's calls (5 ms
+// of GPU work) took 5 to 17 ms for their first second or so (H200, 2026-11-28), the same loop
+// 5.5 ms a little later.
+const WARMUP_MS = 1000;
 const NO_GPU_ADVICE = "Without a GPU: EGL_PLATFORM=surfaceless, dawn_options [\"backend=opengl\"], "
   + "adapter_options {\"featureLevel\": \"compatibility\"}.";
 
@@ -137,6 +142,7 @@ function loadSpec(file) {
     generation: spec.generation ?? {},
     runs: spec.runs ?? 20,
     warmup: spec.warmup ?? 3,
+    warmup_ms: spec.warmup_ms ?? WARMUP_MS,
     generation_runs: spec.generation_runs ?? 2,
   };
 }
@@ -292,18 +298,20 @@ async function timeFunctions(component, gpu, run, promptIds, label) {
     try {
       const args = component.toDevice(entry, timingInputs(signature, promptIds));
       await dev.sync();
-      const samples = [];
-      for (let i = 0; i < run.warmup + run.runs; i++) {
+      const call = async () => {
         tvm.beginScope(); // frees this call's output
         const started = now();
         component.invoke(entry, args);
         await dev.sync();
-        const ms = now() - started;
         tvm.endScope();
-        if (i >= run.warmup) samples.push(ms);
-      }
+        return now() - started;
+      };
+      let warmup = 0;
+      for (const started = now(); warmup < run.warmup || now() - started < run.warmup_ms; warmup++) await call();
+      const samples = [];
+      for (let i = 0; i < run.runs; i++) samples.push(await call());
       gpu.check(`${label}.${entry}: timing`);
-      timings[entry] = { inputs: signature.inputs, warmup: run.warmup, runs: run.runs, ...stats(samples) };
+      timings[entry] = { inputs: signature.inputs, warmup, runs: run.runs, ...stats(samples) };
       log(`${label}.${entry}: median ${timings[entry].median_ms} ms (min ${timings[entry].min_ms}, max ${timings[entry].max_ms}) over ${run.runs} runs`);
       if (gpu.profiler) {
         profile[entry] = await profileFunction(component, gpu.profiler, entry, args, run.profile.runs);

@@ -85,7 +85,7 @@ def profiles(default_build: Path, tmp_path_factory) -> tuple[dict, dict, dict]:
     manifest["components"] = {name: manifest["components"][name] for name in PROFILED}
     (profiled_only / "manifest.json").write_text(json.dumps(manifest))
     spec = {"bundle": str(profiled_only), "dawn_options": ["backend=opengl"], "adapter_options": {"featureLevel": "compatibility"},
-            "runs": 1, "warmup": 0, "profile": {"runs": 2}, "out": "result.json", "image_out": "image.u8",
+            "runs": 1, "warmup": 0, "warmup_ms": 0, "profile": {"runs": 2}, "out": "result.json", "image_out": "image.u8",
             "variants": {f"{name}-again": {"component": name, "wasm": str(bundle / f"{name}.wasm")} for name in PROFILED}}
     (work / "spec.json").write_text(json.dumps(spec))
     result = subprocess.run(["node", str(ROOT / "bench" / "webgpu_node.mjs"), str(work / "spec.json")], capture_output=True, text=True,

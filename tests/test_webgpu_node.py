@@ -72,7 +72,7 @@ def node_run(default_build: Path, tmp_path_factory) -> tuple[dict, np.ndarray, P
         "dawn_options": ["backend=opengl"],
         "adapter_options": {"featureLevel": "compatibility"},
         "generation": {"prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": 42, "steps": 20, "scheduler": "dpm-solver", "guidance": 7.5},
-        "runs": 1, "warmup": 0, "generation_runs": 1,
+        "runs": 1, "warmup": 0, "warmup_ms": 0, "generation_runs": 1,
         "variants": {f"{name}-again": {"component": name, "wasm": str(bundle / f"{name}.wasm")} for name in ("unet", "vae_decoder")},
         "out": "result.json", "image_out": "image.u8",
     }
