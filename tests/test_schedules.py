@@ -112,7 +112,10 @@ def webgpu_outputs(tmp_path_factory, browser) -> dict:
     got = {}
     for tile in IN_CHROMIUM:
         wasm = f"{tile}.wasm"
-        module = relax.transform.DeadCodeElimination(IN_CHROMIUM_CASES[tile])(scheduled(tile))
+        module = scheduled(tile)  # the tile's cases only, and only their kernels
+        module = tvm.IRModule({gv: f for gv, f in module.functions.items()
+                               if not isinstance(f, relax.Function) or gv.name_hint in IN_CHROMIUM_CASES[tile]})
+        module = relax.transform.DeadCodeElimination(IN_CHROMIUM_CASES[tile])(module)
         got |= run_functions(browser, tmp_path_factory.mktemp(f"schedules-webgpu-{tile}"),
                              {wasm: tvm.compile(module, tvm_target("webgpu"))},
                              {(wasm, name): arrays[name] for name in IN_CHROMIUM_CASES[tile]})
@@ -122,7 +125,9 @@ def webgpu_outputs(tmp_path_factory, browser) -> dict:
 @pytest.mark.parametrize(("tile", "name"), [(tile, name) for tile in IN_CHROMIUM for name in IN_CHROMIUM_CASES[tile]])
 def test_chosen_tiles_match_pytorch_in_chromium_webgpu(webgpu_outputs, tile, name) -> None:
     got, want = webgpu_outputs[f"{tile}.wasm", name]
-    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
+    # errors against the outputs' scale: Winograd's 4x4 tiles round more (conv3x3_large: 1.6e-4
+    # on outputs up to 35 in SwiftShader)
+    np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize(("tile", "target"), [(tile, target) for tile in (*TILES, *VECTOR_TILES) for target in ("webgpu", "cuda")
