@@ -135,14 +135,9 @@ def _apply_view(array: np.ndarray, value) -> np.ndarray:
 
 
 def _layout_offsets(groups: int, tokens: int, head_dim: int, heads: int, row: int = 0, start: int = 0) -> np.ndarray:
-    """Flat offset of each (group, token, d) element in a layout (see Operand)."""
-    offsets = np.arange(groups * tokens * head_dim, dtype=np.int64).reshape(groups, tokens, head_dim)
-    if not heads:
-        return offsets
-    g = np.arange(groups).reshape(-1, 1, 1)
-    n = np.arange(tokens).reshape(1, -1, 1)
-    d = np.arange(head_dim).reshape(1, 1, -1)
-    return (g // heads * tokens + n) * (row or heads * head_dim) + start + g % heads * head_dim + d
+    """Flat offset of each (group, token, d) element in a layout (Operand.offset, on index arrays)."""
+    g, n, d = np.ogrid[:groups, :tokens, :head_dim]
+    return Operand((), heads, row, start).offset(g, tokens, n, head_dim, d) + np.zeros((groups, tokens, head_dim), np.int64)
 
 
 def _match_layout(index: np.ndarray, groups: int, tokens: int, head_dim: int) -> tuple[int, int, int] | None:
