@@ -97,6 +97,6 @@ def tasks(config: Config, layout: Layout):
                 targets=[layout.scheduled(component, target)],
                 options=options,
                 tools=("apache-tvm", "apache-tvm-ffi"),
-                sources=(__file__, WEBSD_DIR / "targets.py", WEBSD_DIR / "kernels" / "attention.py",
+                sources=(__file__, WEBSD_DIR / "targets.py", *sorted((WEBSD_DIR / "kernels").glob("*.py")),
                          *sorted((WEBSD_DIR / "schedules").glob("*.py"))),
             )

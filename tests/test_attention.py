@@ -1,7 +1,8 @@
-"""Fused attention (websd/passes/attention.py, websd/kernels/attention.py) against PyTorch's
-scaled_dot_product_attention: the plain form on llvm, the GPU kernel in headless Chromium's WebGPU
-(one wasm for every case: one link), the CUDA codegen of the SD 1.5 shapes, and the pass on the
-default model's three components."""
+"""Fused attention (websd/passes/attention.py, websd/kernels/attention.py and row_attention.py)
+against PyTorch's scaled_dot_product_attention: the plain form on llvm, both GPU kernels (tiles,
+and whole rows where a row fits) in headless Chromium's WebGPU (one wasm for every case: one
+link), the CUDA codegen of the SD 1.5 shapes, and the pass on the default model's three
+components."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from websd import relax_io
 from websd.components import load_component
 from websd.paths import Layout, model_folder
 from websd.kernels.attention import (ATTR, WORKGROUP_BYTES, WORKGROUP_THREADS, AttentionSpec, Operand, TileConfig, flash_attention,
-                                     plain_attention, schedule_attention, sd15_specs, tile_config)
+                                     gpu_kernel, plain_attention, schedule_attention, sd15_specs, tile_config)
+from websd.kernels.row_attention import ROWS, RowConfig, row_attention
 from websd.targets import kernel_source, tvm_target
 
 # (groups, q_len, kv_len, head_dim, causal, heads of the (batch, tokens, heads * head_dim) layout
@@ -102,32 +104,60 @@ def test_plain_form_on_llvm(case) -> None:
     assert_close(out.numpy(), reference(spec, q, k, v))
 
 
-def kernel_module(specs: dict[str, AttentionSpec], kernel) -> tvm.IRModule:
-    """A Relax function per spec, each one call_tir of `kernel(spec)`."""
+def kernel_module(kernels: dict[str, tuple[AttentionSpec, tvm.tirx.PrimFunc]]) -> tvm.IRModule:
+    """A Relax function per name, each one call_tir of its kernel."""
     bb = relax.BlockBuilder()
-    for name, spec in specs.items():
+    for name, (spec, kernel) in kernels.items():
         params = [relax.Var(n, relax.TensorType(op.shape, "float32")) for n, op in zip("qkv", (spec.q, spec.k, spec.v))]
         with bb.function(name, params):
-            gv = bb.add_func(kernel(spec), f"attention_{name}")
+            gv = bb.add_func(kernel, f"attention_{name}")
             out = bb.emit(relax.call_tir(gv, params, relax.TensorType(spec.out.shape, "float32")))
             bb.emit_func_output(out)
     return bb.get()
 
 
+def each(specs: dict[str, AttentionSpec], kernel) -> dict:
+    """kernel_module's input: every spec with `kernel(spec)`."""
+    return {name: (spec, kernel(spec)) for name, spec in specs.items()}
+
+
+def row_config(head_dim: int) -> RowConfig | None:
+    """Whole rows for the cases whose rows fit: two per invocation where they fit, else one."""
+    for config in (RowConfig(BQ=64, BK=16, TQ=2), RowConfig(BQ=32, BK=16, TQ=1)):
+        try:
+            config.check(head_dim)
+            return config
+        except ValueError:
+            continue
+    return None
+
+
+FORMS = [("tiles", case) for case in CASES] + [("rows", case) for case in CASES if row_config(case[3])]
+
+
+def form_id(form_case) -> str:
+    return f"{form_case[0]}_{case_id(form_case[1])}"  # a WGSL identifier: no "-"
+
+
+def form_kernel(name: str, spec: AttentionSpec):
+    return flash_attention(spec) if name.startswith("tiles_") else row_attention(spec, row_config(spec.head_dim))
+
+
 @pytest.fixture(scope="module")
 def webgpu_outputs(tmp_path_factory, browser) -> dict:
-    """Every case's kernel, compiled for webgpu into one wasm, run once in Chromium."""
-    specs = {case_id(case): make_spec(*case) for case in CASES}
-    executable = tvm.compile(kernel_module(specs, flash_attention), tvm_target("webgpu"))
+    """Every case's kernels, compiled for webgpu into one wasm, run once in Chromium."""
+    forms = {form_id(fc): fc for fc in FORMS}
+    specs = {name: make_spec(*case) for name, (_, case) in forms.items()}
+    executable = tvm.compile(kernel_module({name: (spec, form_kernel(name, spec)) for name, spec in specs.items()}), tvm_target("webgpu"))
     arrays = {name: inputs(spec) for name, spec in specs.items()}
     got = run_functions(browser, tmp_path_factory.mktemp("attention-webgpu"), {"kernels.wasm": executable},
                         {("kernels.wasm", name): arrays[name] for name in specs})
     return {name: (got["kernels.wasm", name].reshape(spec.out.shape), reference(spec, *arrays[name])) for name, spec in specs.items()}
 
 
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_gpu_kernel_in_chromium_webgpu(webgpu_outputs, case) -> None:
-    got, want = webgpu_outputs[case_id(case)]
+@pytest.mark.parametrize("form_case", FORMS, ids=form_id)
+def test_gpu_kernel_in_chromium_webgpu(webgpu_outputs, form_case) -> None:
+    got, want = webgpu_outputs[form_id(form_case)]
     assert_close(got, want)
 
 
@@ -317,7 +347,7 @@ def sd15() -> dict[str, AttentionSpec]:
 
 
 def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
-    wgsl = kernel_source(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("webgpu")), "webgpu")
+    wgsl = kernel_source(tvm.compile(kernel_module(each(sd15, gpu_kernel)), tvm_target("webgpu")), "webgpu")
     kernels = wgsl.split("@compute")[1:]
     assert len(kernels) == len(sd15)
     for trap in ("i64", "f16", "i8", "inff", "2147483648i"):
@@ -330,26 +360,32 @@ def test_sd15_kernels_are_valid_wgsl_within_default_limits(sd15) -> None:
         assert shared and 4 * sum(words[t] * int(n) for t, n in shared) <= WORKGROUP_BYTES
 
 
-def test_schedule_attention_takes_other_tiles() -> None:
-    """bench/matmul_tiles.py --attention builds a variant with other tiles for one head dim:
-    schedule_attention puts them in for that head dim and keeps the table's for the others."""
+@pytest.mark.parametrize("other", [TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=16, THREADS=128), RowConfig(BQ=128, BK=16, TQ=1)],
+                         ids=["tiles", "rows"])
+def test_schedule_attention_takes_other_configs(other) -> None:
+    """bench/matmul_tiles.py --attention builds a variant with another config for one head dim:
+    schedule_attention puts it in for that head dim and keeps the tables' for the others."""
     specs = {name: sd15_specs(2)[name] for name in ("unet_self_4096", "unet_self_1024")}  # head dims 40, 80
-    other = TileConfig(BQ=32, BK=32, TQ=2, TK=4, DCS=40, TQO=4, BKV=16, THREADS=128)
-    module = schedule_attention("webgpu", {40: other})(kernel_module(specs, plain_attention))
+    module = schedule_attention("webgpu", {40: other})(kernel_module(each(specs, plain_attention)))
     wgsl = kernel_source(tvm.compile(module, tvm_target("webgpu")), "webgpu")
     threads = {math.prod(map(int, size)) for size in re.findall(r"@workgroup_size\((\d+), (\d+), (\d+)\)", wgsl)}
-    assert threads == {other.THREADS, tile_config(80).THREADS}
+    assert threads == {other.threads, (ROWS.get(80) or tile_config(80)).threads}
 
 
-def test_inconsistent_attention_tiles_are_named() -> None:
-    """A config whose O grid does not fit its threads is reported, not a ZeroDivisionError."""
+def test_inconsistent_attention_configs_are_named() -> None:
+    """A config whose O grid does not fit its threads is reported, not a ZeroDivisionError; rows
+    too long for an invocation's registers, or too many for the workgroup memory, are named."""
     with pytest.raises(ValueError, match="O grid: BQ/TQO does not divide the threads"):
         TileConfig(BQ=128, BK=32, TQ=8, TK=8, DCS=40, TQO=1, BKV=8, THREADS=64).check(40)
+    with pytest.raises(ValueError, match="1024 floats of Q and O per invocation"):
+        RowConfig(BQ=64, BK=16, TQ=1).check(512)
+    with pytest.raises(ValueError, match="bytes of workgroup memory > 16384"):
+        RowConfig(BQ=256, BK=32, TQ=4).check(8)
 
 
 def test_sd15_kernels_build_for_cuda(sd15, tmp_path: Path) -> None:
     """TVM's CUDA codegen, then nvcc for sm_90 when it is installed: (almost) no register spills."""
-    source = kernel_source(tvm.compile(kernel_module(sd15, flash_attention), tvm_target("cuda")), "cuda")
+    source = kernel_source(tvm.compile(kernel_module(each(sd15, gpu_kernel)), tvm_target("cuda")), "cuda")
     assert source.count("__global__") == 2 * len(sd15)  # declaration + definition
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not installed: TVM's CUDA source was generated, not compiled")

@@ -1,14 +1,19 @@
 """Fused attention: softmax(scale * Q K^T [+ causal mask]) V without a scores tensor in memory.
 
-Two forms of the same computation, with the same signature (q, k, v, out):
+Forms of the same computation, with the same signature (q, k, v, out):
 
 - `plain_attention(spec)`: plain TensorIR, target-independent and unscheduled. Per query row it
   keeps the kv_len scores in a scratch buffer of kv_len floats (never q_len x kv_len), takes their
   max, sums the exponentials and weights V. The Relax pass (websd/passes/attention.py) emits it,
   so `llvm` compiles it as it is. It carries the attribute ATTR (the spec, `AttentionSpec`).
 - `flash_attention(spec)`: hand-scheduled GPU kernel (explicit threads, workgroup memory,
-  "tirx.is_scheduled" so dlight leaves it alone). `schedule_attention(target)` swaps it in for every
-  function that carries ATTR; apply_db runs it for GPU targets.
+  "tirx.is_scheduled" so dlight leaves it alone), a query row split over threads (below).
+- `row_attention(spec, config)` (websd/kernels/row_attention.py): the GPU kernel for small head
+  dims, whole query rows per invocation.
+
+`gpu_kernel(spec)` picks the GPU form per head dim (row_attention.ROWS, else TILES);
+`schedule_attention(target)` swaps it in for every function that carries ATTR; apply_db runs it
+for GPU targets.
 
 Q, K, V and the output are read and written where the graph has them: each operand is either
 (groups, tokens, head_dim) contiguous, or the (batch, tokens, heads * head_dim) tensor that the
@@ -219,6 +224,11 @@ class TileConfig:
     TQO: int
     BKV: int
     THREADS: int
+
+    @property
+    def threads(self) -> int:
+        """Invocations per workgroup (as RowConfig.threads)."""
+        return self.THREADS
 
     def columns(self) -> int:
         """Thread columns of the O tile."""
@@ -543,10 +553,21 @@ def flash_attention(spec: AttentionSpec, config: TileConfig | None = None):
     return attention.with_attr(ATTR, spec.to_attr()).with_attr("tirx.is_scheduled", True)
 
 
-def schedule_attention(target: str, tiles: dict[int, TileConfig] | None = None):
+def gpu_kernel(spec: AttentionSpec, config=None):
+    """The scheduled GPU kernel of `spec`: with `config`'s tiles (a TileConfig, or a RowConfig of
+    websd/kernels/row_attention.py), else whole rows per invocation where its ROWS table has the
+    head dim, else this module's TILES."""
+    from websd.kernels.row_attention import ROWS, RowConfig, row_attention
+
+    config = config or ROWS.get(spec.head_dim) or tile_config(spec.head_dim)
+    return row_attention(spec, config) if isinstance(config, RowConfig) else flash_attention(spec, config)
+
+
+def schedule_attention(target: str, tiles: dict | None = None):
     """A module pass for `target` (a websd.targets name): on GPU targets, every PrimFunc that
-    carries ATTR becomes the scheduled `flash_attention` of its spec; elsewhere nothing changes.
-    `tiles` (per head_dim) replace the table's, to time others (bench/matmul_tiles.py)."""
+    carries ATTR becomes the scheduled `gpu_kernel` of its spec; elsewhere nothing changes.
+    `tiles` (per head_dim: TileConfig or RowConfig) replace the tables', to time others
+    (bench/matmul_tiles.py, bench/attention_bench.py)."""
     import tvm
 
     from websd.targets import is_gpu
@@ -558,7 +579,7 @@ def schedule_attention(target: str, tiles: dict[int, TileConfig] | None = None):
         for gv, func in list(mod.functions_items()):
             if isinstance(func, tvm.tirx.PrimFunc) and ATTR in (func.attrs or {}):
                 spec = AttentionSpec.from_attr(func.attrs[ATTR])
-                kernel = flash_attention(spec, (tiles or {}).get(spec.head_dim))
+                kernel = gpu_kernel(spec, (tiles or {}).get(spec.head_dim))
                 for key in ("global_symbol", "op_pattern"):
                     if key in func.attrs:
                         kernel = kernel.with_attr(key, func.attrs[key])
