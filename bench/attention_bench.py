@@ -1,16 +1,19 @@
-"""Fused attention against the unfused chain it replaces, per SD 1.5 attention shape (512x512).
+"""Fused attention against the unfused chain it replaces, per SD 1.5 attention shape (512x512),
+and kernel configs against each other.
 
-    python3 bench/attention_bench.py build DIR      here: DIR/{fused,unfused}.so (cuda),
-                                                    DIR/webgpu-{fused,unfused}/ (bundles for
+    python3 bench/attention_bench.py build DIR [--config D=...]...   here: DIR/{variant}.so (cuda),
+                                                    DIR/webgpu-{variant}/ (bundles for
                                                     bench/webgpu_node.mjs), DIR/shapes.json
     bash bench/attention_bench.sh                   on the GPU machine (device tool), see there
 
 Each shape is one Relax function written as the torch importer writes diffusers' AttnProcessor
 (head reshapes, matmul, scale, [causal mask,] softmax, matmul, head merge), compiled through
-the real stages twice: with FuseAttention (the flash-attention kernel) and without it (dlight's
-schedules for the unfused chain, plus the committed tuning database, as apply_db does), for cuda
-and for webgpu. `run` checks natively that both agree and times each natively and in Node on
-Dawn (median of 20 calls after 3, device synced).
+the real stages once per variant: `unfused` (without FuseAttention: dlight's schedules for the
+chain, plus the committed tuning database, as apply_db does), `fused` (the kernel tables'
+choice per head dim), and one per `--config` (bench/matmul_tiles.py's form: tiles or rows for
+one head dim, the tables' for the others), for cuda and for webgpu. `run` checks natively that
+every variant agrees with `unfused` and times each natively and in Node on Dawn (median of 20
+calls after at least a second of warm-up, device synced).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from matmul_tiles import attention_tiles
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RUNS, WARMUP = 20, 3
+RUNS, WARMUP, WARMUP_S = 20, 3, 0.3  # kernels alone: no page load to settle after
 
 
 def shapes() -> dict[str, dict]:
@@ -72,8 +77,8 @@ def imported_module(table: dict):
     return bb.get()
 
 
-def build(out: Path) -> None:
-    """Both variants for cuda (DIR/{variant}.so) and for webgpu (DIR/webgpu-{variant}/: a bundle
+def build(out: Path, configs: list[tuple[str, dict]]) -> None:
+    """Each variant for cuda (DIR/{variant}.so) and for webgpu (DIR/webgpu-{variant}/: a bundle
     of one component, `attention`, whose functions are the shapes, for bench/webgpu_node.mjs)."""
     import tvm
 
@@ -90,23 +95,23 @@ def build(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     table = shapes()
-    (out / "shapes.json").write_text(json.dumps(table, indent=1))
+    variants = {"unfused": None, "fused": {}, **dict(configs)}
+    (out / "shapes.json").write_text(json.dumps({"shapes": table, "variants": list(variants)}, indent=1))
     imported = imported_module(table)
-    for variant in ("fused", "unfused"):
+    for variant, tiles in variants.items():
         started = time.time()
-        steps = [p for p in passes() if variant == "fused" or p is not fuse_attention]
+        steps = [p for p in passes() if tiles is not None or p is not fuse_attention]
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             relax_io.save_module(tvm.transform.Sequential(steps)(imported), tmp / "legalized.json")
             for target in ("cuda", "webgpu"):
                 database = apply_db.database_files(REPO / "tuning_db", target)
-                apply_db.apply_db(tmp / "legalized.json", target, database, True, tmp / "scheduled.json")
+                apply_db.apply_db(tmp / "legalized.json", target, database, True, tmp / "scheduled.json", attention_tiles=tiles)
                 memory_plan.memory_plan(tmp / "scheduled.json", tmp / "planned.json", tmp / "memory.json")
                 executable = compile_planned(relax_io.load_module(tmp / "planned.json"), target)
                 memory = json.loads((tmp / "memory.json").read_text())
                 if target == "cuda":
                     executable.export_library(str(out / f"{variant}.so"))
-                    (out / f"{variant}-memory.json").write_text(json.dumps(memory))
                     continue
                 bundle = out / f"webgpu-{variant}"
                 stats = export_wasm(executable, bundle / "attention.wasm", runtime_dir())
@@ -125,8 +130,8 @@ def build(out: Path) -> None:
         print(f"{variant}: built in {time.time() - started:.0f} s")
 
 
-def run_cuda(folder: Path, table: dict, cuda_include: str) -> tuple[str, dict]:
-    """Each shape's time, fused and unfused, natively, and how far the two outputs differ."""
+def run_cuda(folder: Path, table: dict, variants: list[str], cuda_include: str) -> tuple[str, dict]:
+    """Each shape's time per variant, natively, and how far each output is from `unfused`'s."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -134,61 +139,66 @@ def run_cuda(folder: Path, table: dict, cuda_include: str) -> tuple[str, dict]:
 
     enable_cuda(cuda_include)
     dev = tvm.cuda()
-    vms = {v: VirtualMachine(tvm.runtime.load_module(str(folder / f"{v}.so")), dev) for v in ("fused", "unfused")}
+    vms = {v: VirtualMachine(tvm.runtime.load_module(str(folder / f"{v}.so")), dev) for v in variants}
     rng = np.random.default_rng(0)
     rows = {}
     for name, s in table.items():
         b, h, n, m, d = s["batch"], s["heads"], s["q_len"], s["kv_len"], s["head_dim"]
         args = [tvm.runtime.tensor(rng.standard_normal((b, t, h * d), dtype=np.float32), dev) for t in (n, m, m)]
         outputs = {v: vm[name](*args)[0].numpy() for v, vm in vms.items()}
-        error = float(np.abs(outputs["fused"] - outputs["unfused"]).max() / np.abs(outputs["unfused"]).max())
-        rows[name] = {f"cuda_{v}_ms": round(median_ms(lambda vm=vm: vm[name](*args), dev.sync, RUNS, WARMUP)["median_ms"], 4) for v, vm in vms.items()}
-        rows[name]["max_rel_error"] = error
+        scale = np.abs(outputs["unfused"]).max()
+        rows[name] = {}
+        for v, vm in vms.items():
+            rows[name][f"cuda_{v}_ms"] = median_ms(lambda vm=vm: vm[name](*args), dev.sync, RUNS, WARMUP, WARMUP_S)["median_ms"]
+            rows[name][f"{v}_max_rel_error"] = float(np.abs(outputs[v] - outputs["unfused"]).max() / scale)
         print(name, rows[name], flush=True)
     return dev.device_name, rows
 
 
-def run_webgpu(folder: Path, table: dict, node: Path, node_dir: Path, work: Path) -> dict:
-    """Each shape's time, fused and unfused, in Node on Dawn (bench/webgpu_node.mjs)."""
+def run_webgpu(folder: Path, table: dict, variants: list[str], node: Path, node_dir: Path, work: Path) -> dict:
+    """Each shape's time per variant in Node on Dawn (bench/webgpu_node.mjs)."""
     from gpu_bench import run_logged
 
     rows = {name: {} for name in table}
-    for variant in ("fused", "unfused"):
+    for variant in variants:
         spec = {"bundle": str(folder / f"webgpu-{variant}"), "webgpu_package": str(node_dir / "webgpu"),
-                "dawn_options": ["backend=vulkan"], "runs": RUNS, "warmup": WARMUP,
+                "dawn_options": ["backend=vulkan"], "runs": RUNS, "warmup": WARMUP, "warmup_ms": WARMUP_S * 1000,
                 "out": str(work / f"attention-webgpu-{variant}.json"), "image_out": str(work / "unused.u8")}
         (work / f"attention-webgpu-{variant}.spec.json").write_text(json.dumps(spec))
         run_logged([str(node), str(ROOT / "bench" / "webgpu_node.mjs"), str(work / f"attention-webgpu-{variant}.spec.json")])
         raw = json.loads(Path(spec["out"]).read_text())
         for name in table:
             rows[name][f"webgpu_{variant}_ms"] = raw["timings"]["attention"][name]["median_ms"]
-        rows[f"requested_limits_{variant}"] = raw["requested_limits"]
     return rows
 
 
 def run(folder: Path, cuda_include: str, node: Path, node_dir: Path, out: Path) -> None:
-    table = json.loads((folder / "shapes.json").read_text())
-    device, rows = run_cuda(folder, table, cuda_include)
-    webgpu = run_webgpu(folder, table, node, node_dir, out)
+    built = json.loads((folder / "shapes.json").read_text())
+    table, variants = built["shapes"], built["variants"]
+    device, rows = run_cuda(folder, table, variants, cuda_include)
+    webgpu = run_webgpu(folder, table, variants, node, node_dir, out)
     for name, s in table.items():
-        gflop = 4 * s["batch"] * s["heads"] * s["q_len"] * s["kv_len"] * s["head_dim"] / 1e9
         rows[name] = {**s, **rows[name], **webgpu[name]}
-        for target in ("cuda", "webgpu"):
-            rows[name][f"{target}_speedup"] = round(rows[name][f"{target}_unfused_ms"] / rows[name][f"{target}_fused_ms"], 2)
-            rows[name][f"{target}_fused_tflops"] = round(gflop / rows[name][f"{target}_fused_ms"], 2)
     result = {"device": device, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": RUNS, "warmup": WARMUP,
-              "webgpu_requested_limits": {v: webgpu[f"requested_limits_{v}"] for v in ("fused", "unfused")}, "rows": rows}
+              "warmup_s": WARMUP_S, "variants": variants, "rows": rows}
     (out / "attention-bench.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# Fused attention vs the unfused chain it replaced, SD 1.5 at 512x512 ({result['device']}, {result['date']})", "",
-             f"Median of {RUNS} calls after {WARMUP}, in ms; CUDA: our native build; WebGPU: the same graph in Node on Dawn (Vulkan),",
-             "default robustness. The unfused chain is dlight's schedules (and the committed tuning database) for the two",
-             "matmuls and the softmax, as apply_db gives them; the fused kernel is websd/kernels/attention.py.", "",
-             "| shape | B x H | q x kv | d | CUDA unfused | CUDA fused | speedup | WebGPU unfused | WebGPU fused | speedup | fused TFLOP/s CUDA / WebGPU | max rel. error |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['batch']} x {r['heads']} | {r['q_len']} x {r['kv_len']} | {r['head_dim']} | {r['cuda_unfused_ms']} | "
-                     f"{r['cuda_fused_ms']} | {r['cuda_speedup']} | {r['webgpu_unfused_ms']} | {r['webgpu_fused_ms']} | {r['webgpu_speedup']} | "
-                     f"{r['cuda_fused_tflops']} / {r['webgpu_fused_tflops']} | {r['max_rel_error']:.1e} |")
+    lines = [f"# Attention kernels per SD 1.5 shape at 512x512 ({result['device']}, {result['date']})", "",
+             f"Median of {RUNS} calls after at least {WARMUP} and {WARMUP_S} s, in ms (TFLOP/s of the two products in brackets);",
+             "CUDA: our native build; WebGPU: the same graph in Node on Dawn (Vulkan), default robustness, each call",
+             "submitted and awaited alone. `unfused`: dlight's schedules for the chain the fused kernel replaced;",
+             "`fused`: the kernel tables' choice (websd/kernels/attention.py, row_attention.py); the others: one",
+             "head dim's config forced. Max error of each variant against `unfused`, relative to its largest output.", ""]
+    for target in ("cuda", "webgpu"):
+        lines += [f"## {target}", "", "| shape | B x H | q x kv | d | " + " | ".join(variants) + " |",
+                  "| --- | --- | --- | --- | " + " | ".join("---:" for _ in variants) + " |"]
+        for name, r in rows.items():
+            gflop = 4 * r["batch"] * r["heads"] * r["q_len"] * r["kv_len"] * r["head_dim"] / 1e9
+            cells = [f"{r[f'{target}_{v}_ms']} ({gflop / r[f'{target}_{v}_ms']:.1f})" for v in variants]
+            lines.append(f"| {name} | {r['batch']} x {r['heads']} | {r['q_len']} x {r['kv_len']} | {r['head_dim']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## max relative error against `unfused` (native)", "", "| shape | " + " | ".join(variants[1:]) + " |",
+              "| --- | " + " | ".join("---:" for _ in variants[1:]) + " |"]
+    lines += [f"| {name} | " + " | ".join(f"{r[f'{v}_max_rel_error']:.1e}" for v in variants[1:]) + " |" for name, r in rows.items()]
     (out / "attention-bench.md").write_text("\n".join(lines) + "\n")
 
 
@@ -197,6 +207,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build")
     b.add_argument("out", type=Path)
+    b.add_argument("--config", type=attention_tiles, action="append", default=[], metavar="D=...",
+                   help="a variant with this kernel config for head dim D (bench/matmul_tiles.py's --attention)")
     r = sub.add_parser("run")
     r.add_argument("folder", type=Path)
     r.add_argument("--cuda-include", required=True)
@@ -205,7 +217,7 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "build":
-        build(args.out)
+        build(args.out, args.config)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         run(args.folder, args.cuda_include, args.node, args.node_dir, args.out)

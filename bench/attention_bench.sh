@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fused attention vs the unfused chain on the GPU machine (bench/attention_bench.py), natively
 # and in Node on Dawn, with the tools bench/pack_gpu.sh packs:
-#   bash bench/pack_gpu.sh tools && bash bench/attention_bench.sh pack    here
+#   bash bench/pack_gpu.sh tools && bash bench/attention_bench.sh pack [--config D=...]...   here
 #   run: bash bench/attention_bench.sh run     carry: ["bench/.carry"]   (after gpu_bench.sh, or alone)
 # leaves attention-bench.{json,md} and the log in $OUT.
 set -euo pipefail
@@ -9,7 +9,7 @@ carry=bench/.carry
 case "${1:-}" in
 pack)
   rm -rf "$carry/attention.tmp"
-  python3 bench/attention_bench.py build "$carry/attention.tmp"
+  python3 bench/attention_bench.py build "$carry/attention.tmp" "${@:2}"
   tar -C "$carry/attention.tmp" -cf - . | xz -T0 -9 >"$carry/attention.tar.xz"
   rm -rf "$carry/attention.tmp"
   du -sh "$carry"

@@ -181,6 +181,12 @@ class Page:
         return self.evaluate("window.websd.ready.then(() => performance.now(),"
                              " () => { throw new Error(document.getElementById('error').textContent); })", timeout_s)
 
+    def component_reports(self) -> dict:
+        """Each loaded component's load times (pipeline.js's loadComponent report: instantiate_ms,
+        shader_compile_ms, weights_ms); the rest of a load is the download, md5 and Cache API."""
+        return self.evaluate("Object.fromEntries(window.websd.pipeline.components.map("
+                             "(c) => [c, window.websd.pipeline.component(c).report]))")
+
     def adapter(self) -> dict | None:
         """The WebGPU adapter this page would get (another request than the page's own)."""
         return self.evaluate("navigator.gpu.requestAdapter().then((a) => a && Object.fromEntries("
@@ -303,7 +309,9 @@ def run(args) -> dict:
                         raise RuntimeError(f"WebGPU's adapter is not the GPU: {result['adapter']}")
                 result[f"{step}_s"] = round(page.ready_ms(deadline - time.monotonic()) / 1000, 2)
                 result[f"{step}_shard_requests"] = server.shard_requests - requested
-                print(f"chromium_bench: {step}: {result[f'{step}_s']} s, {result[f'{step}_shard_requests']} shards fetched", flush=True)
+                result[f"{step}_components"] = page.component_reports()
+                print(f"chromium_bench: {step}: {result[f'{step}_s']} s, {result[f'{step}_shard_requests']} shards fetched;"
+                      f" per component: {result[f'{step}_components']}", flush=True)
                 save()
             result["generations"] = []
             for number in range(1, args.generations + 1):

@@ -53,10 +53,10 @@ PROFILED_WEBGPU = "default"  # the WebGPU row that also profiles its kernels
 WORK = Path("/tmp/websd-bench")  # the model, requests, results and images of each engine
 
 
-def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP) -> dict:
-    """Median of `runs` synced calls after `warmup` untimed ones, and at least WARMUP_S of them."""
+def median_ms(call, sync, runs: int = RUNS, warmup: int = WARMUP, warmup_s: float = WARMUP_S) -> dict:
+    """Median of `runs` synced calls after `warmup` untimed ones, and at least `warmup_s` of them."""
     started, done = time.perf_counter(), 0
-    while done < warmup or time.perf_counter() - started < WARMUP_S:
+    while done < warmup or time.perf_counter() - started < warmup_s:
         call()
         sync()
         done += 1

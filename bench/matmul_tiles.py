@@ -1,17 +1,18 @@
 """A component (the UNet unless told) built once per matmul tile, to measure the tiles of
 websd.schedules.matmul against each other on the GPU (every matmul and convolution with the
-same tile), or once per flash-attention tile config of one head dim:
+same tile), or once per attention kernel config of one head dim:
 
     python3 bench/matmul_tiles.py [--config C] [--component COMPONENT] TILE...   here, after `doit config=C dist`
-    python3 bench/matmul_tiles.py [--component COMPONENT] --attention D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS...
+    python3 bench/matmul_tiles.py [--component COMPONENT] --attention D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS|D=BQ,BK,TQ...
 
 builds, from the config's legalized component through the real stages (apply_db with the tile
 forced, memory_plan, the cuda and webgpu builds), bench/.carry/{cuda/COMPONENT-tile-T.so.xz,
 webgpu/COMPONENT-tile-T.wasm.xz} (no wasm for a tile of CUDA_ONLY): variants that
 `bench/gpu_bench.sh C COMPONENT-tile-T...` times and profiles beside the component's own build
 (whose tiles the rule chose per kernel), e.g. vae_decoder-tile-128x64-vec4x4-k16. An attention config
-(websd.kernels.attention.TileConfig's fields, checked by it) replaces the table's for head dim
-D, the matmul tiles staying the rule's: unet-attention-40-BQ64-BK32-..., say.
+(websd.kernels.attention.TileConfig's fields, or websd.kernels.row_attention.RowConfig's for
+whole rows per invocation, checked) replaces the tables' for head dim D, the matmul tiles
+staying the rule's: unet-attention-40-BQ64-BK32-... or unet-rows-40-BQ64-BK16-TQ1, say.
 """
 
 from __future__ import annotations
@@ -61,20 +62,25 @@ def build_variant(config_file: Path, component: str, name: str, carry: Path, til
 
 
 def attention_tiles(text: str) -> tuple[str, dict]:
-    """"D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS" -> the variant's name and {D: TileConfig}, checked."""
+    """"D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS" (tiles, websd.kernels.attention.TileConfig) or
+    "D=BQ,BK,TQ" (whole rows, websd.kernels.row_attention.RowConfig) -> the variant's name and
+    {D: config}, checked."""
     from websd.kernels.attention import TileConfig
+    from websd.kernels.row_attention import RowConfig
 
-    fields = list(TileConfig.__dataclass_fields__)
     head_dim, _, values = text.partition("=")
+    forms = {len(form.__dataclass_fields__): form for form in (TileConfig, RowConfig)}
     try:
         numbers = [int(value) for value in values.split(",")]
-        if len(numbers) != len(fields):
-            raise ValueError(f"{len(numbers)} numbers after the head dim, not {len(fields)}")
-        config = TileConfig(**dict(zip(fields, numbers)))
+        if len(numbers) not in forms:
+            raise ValueError(f"{len(numbers)} numbers after the head dim, not " + " or ".join(map(str, forms)))
+        form = forms[len(numbers)]
+        config = form(**dict(zip(form.__dataclass_fields__, numbers)))
         config.check(int(head_dim))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r}: {error} (D=" + ",".join(fields) + ")") from None
-    return f"attention-{head_dim}-" + "-".join(f"{field}{getattr(config, field)}" for field in fields), {int(head_dim): config}
+        raise argparse.ArgumentTypeError(f"{text!r}: {error} (D=" + " or D=".join(",".join(f.__dataclass_fields__) for f in forms.values()) + ")") from None
+    kind = "rows" if form is RowConfig else "attention"
+    return f"{kind}-{head_dim}-" + "-".join(f"{field}{getattr(config, field)}" for field in form.__dataclass_fields__), {int(head_dim): config}
 
 
 def main() -> None:
@@ -86,7 +92,8 @@ def main() -> None:
     parser.add_argument("--component", choices=COMPONENTS, default="unet")
     parser.add_argument("--carry", type=Path, default=ROOT / "bench" / ".carry")
     parser.add_argument("--attention", type=attention_tiles, action="append", default=[],
-                        metavar="D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS", help="a variant with these attention tiles for head dim D")
+                        metavar="D=BQ,BK,TQ,TK,DCS,TQO,BKV,THREADS|D=BQ,BK,TQ",
+                        help="a variant with these attention tiles (or rows) for head dim D")
     allowed = ", ".join((*TILES, *VECTOR_TILES))
     parser.add_argument("tiles", nargs="*", metavar="TILE", help=f"one of: {allowed}")
     args = parser.parse_args()
