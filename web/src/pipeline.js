@@ -95,22 +95,38 @@ const round3 = (x) => Math.round(x * 1000) / 1000;
 // tvmjs encodes every dispatch of a call into one command buffer and submits it at the next
 // sync, so the GPU waits while JS encodes the whole call: about 50 us a dispatch in Dawn, 48 of
 // the 270 ms of an SD 1.5 UNet step on an H200 (bench/results/tile-sweep/profile-unet.md). Submitting
-// every SUBMIT_EVERY dispatches lets the GPU run the first ones while the rest are encoded.
+// every SUBMIT_EVERY dispatches lets the GPU run the first ones while the rest are encoded. A call
+// starts on an idle GPU (the last one ended with a sync), so its first submits come sooner: after
+// FIRST_SUBMIT dispatches, then twice as many each time up to SUBMIT_EVERY (at 64 from the start,
+// the GPU sat idle for the first 3 ms of every UNet step: bench/results/profile-unet.md).
 const SUBMIT_EVERY = 64;
+const FIRST_SUBMIT = 8;
 
 /**
- * Makes tvmjs's WebGPU context submit its commands every SUBMIT_EVERY dispatches. Its dispatch
+ * Makes tvmjs's WebGPU context submit its commands as they are encoded (above). Its dispatch
  * counter (shaderSubmitCounter) goes up once a dispatch is fully encoded, so a submit there
  * never splits one; a uniform buffer the next dispatches reuse is rewritten by
- * queue.writeBuffer, which the queue orders after the commands already submitted.
+ * queue.writeBuffer, which the queue orders after the commands already submitted. Any other
+ * flush (a sync, a read-back) ends a call: the next batch is small again.
  */
 function submitAsEncoded(context) {
   let dispatches = context.shaderSubmitCounter;
+  let pending = 0; // dispatches encoded since the last submit
+  let batch = FIRST_SUBMIT; // dispatches to encode before the next one
+  const flush = context.flushCommands.bind(context);
+  context.flushCommands = () => {
+    pending = 0;
+    batch = FIRST_SUBMIT;
+    flush();
+  };
   Object.defineProperty(context, "shaderSubmitCounter", {
     get: () => dispatches,
     set: (value) => {
       dispatches = value;
-      if (value % SUBMIT_EVERY === 0) context.flushCommands();
+      if (++pending < batch) return;
+      flush();
+      pending = 0;
+      batch = Math.min(2 * batch, SUBMIT_EVERY);
     },
   });
 }
