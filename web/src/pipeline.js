@@ -109,7 +109,7 @@ const FIRST_SUBMIT = 8;
  * queue.writeBuffer, which the queue orders after the commands already submitted. Any other
  * flush (a sync, a read-back) ends a call: the next batch is small again.
  */
-function submitAsEncoded(context) {
+export function submitAsEncoded(context) {
   let dispatches = context.shaderSubmitCounter;
   let pending = 0; // dispatches encoded since the last submit
   let batch = FIRST_SUBMIT; // dispatches to encode before the next one
