@@ -187,6 +187,21 @@ class Page:
         return self.evaluate("Object.fromEntries(window.websd.pipeline.components.map("
                              "(c) => [c, window.websd.pipeline.component(c).report]))")
 
+    def weight_steps(self) -> dict:
+        """The page's time in each step of its shards' way into the Cache API (web/src/weights.js's
+        performance.measure entries), summed over the shards: {step_ms, step_shards}. The shards
+        travel a few at a time, so the sums can exceed the load's wall time."""
+        return self.evaluate("""(() => {
+  const steps = {};
+  for (const e of performance.getEntriesByType("measure")) {
+    if (!e.name.startsWith("websd weights: ")) continue;
+    const step = e.name.slice("websd weights: ".length);
+    steps[`${step}_ms`] = Math.round((steps[`${step}_ms`] || 0) + e.duration);
+    steps[`${step}_shards`] = (steps[`${step}_shards`] || 0) + 1;
+  }
+  return steps;
+})()""")
+
     def adapter(self) -> dict | None:
         """The WebGPU adapter this page would get (another request than the page's own)."""
         return self.evaluate("navigator.gpu.requestAdapter().then((a) => a && Object.fromEntries("
@@ -310,8 +325,9 @@ def run(args) -> dict:
                 result[f"{step}_s"] = round(page.ready_ms(deadline - time.monotonic()) / 1000, 2)
                 result[f"{step}_shard_requests"] = server.shard_requests - requested
                 result[f"{step}_components"] = page.component_reports()
+                result[f"{step}_weight_steps"] = page.weight_steps()
                 print(f"chromium_bench: {step}: {result[f'{step}_s']} s, {result[f'{step}_shard_requests']} shards fetched;"
-                      f" per component: {result[f'{step}_components']}", flush=True)
+                      f" per component: {result[f'{step}_components']}; weights: {result[f'{step}_weight_steps']}", flush=True)
                 save()
             result["generations"] = []
             for number in range(1, args.generations + 1):

@@ -42,6 +42,11 @@ def test_drives_the_page_and_reports(default_build: Path, tmp_path: Path) -> Non
     shards = sum(len(json.loads(f.read_text())["records"]) for f in bundle.glob("params/*/tensor-cache.json"))
     assert report["first_load_shard_requests"] == shards > 0
     assert report["reload_shard_requests"] == 0  # the weights came from the Cache API
+    steps = report["first_load_weight_steps"]  # where the first load's download went, shard by shard
+    assert {steps[f"{step}_shards"] for step in ("fetch", "md5", "cache")} == {shards}
+    assert all(steps[f"{step}_ms"] >= 0 for step in ("fetch", "md5", "cache"))
+    assert report["reload_weight_steps"] == {}
+    assert set(report["first_load_components"]) == {"text_encoder", "unet", "vae_decoder"}
     assert report["generations"][0]["steps"] == [20, 20]
     assert "max_pixel_diff_vs_pytorch_fp32" not in report  # no PyTorch fp32 image without CUDA
 

@@ -64,6 +64,18 @@ async function inLanes(items, lanes, work) {
   if (rejected) throw rejected.reason;
 }
 
+// Each step of a shard's way into the cache is a performance.measure entry ("websd weights:
+// fetch", "... md5", "... cache"), so that DevTools' performance panel and the bench
+// (bench/chromium_bench.py) see where a first load goes.
+async function measured(step, work) {
+  const start = performance.now();
+  try {
+    return await work();
+  } finally {
+    performance.measure(`websd weights: ${step}`, { start, end: performance.now() });
+  }
+}
+
 // A path relative to the site, for messages: "params/unet/params_shard_0.bin".
 const shown = (url, baseUrl) => (url.startsWith(baseUrl) ? url.slice(baseUrl.length) : url);
 
@@ -134,21 +146,23 @@ export async function ensureWeights(baseUrl, components, scope, onProgress = () 
   for (const { folder, indexUrl, text, shards } of plans) {
     try {
       await inLanes(shards.filter((x) => !x.cached), IN_FLIGHT, async (shard, hasher) => {
-        // "no-store": the Cache API keeps the only copy; no second one in the HTTP cache.
-        const response = await fetchOk(shard.url, baseUrl, { cache: "no-store" });
         let received = 0;
-        const fetched = await readWithProgress(response, (n) => {
-          received += n;
-          loaded += n;
-          onProgress(Math.min(loaded, total), total);
+        const fetched = await measured("fetch", async () => {
+          // "no-store": the Cache API keeps the only copy; no second one in the HTTP cache.
+          const response = await fetchOk(shard.url, baseUrl, { cache: "no-store" });
+          return readWithProgress(response, (n) => {
+            received += n;
+            loaded += n;
+            onProgress(Math.min(loaded, total), total);
+          });
         });
-        const [md5, bytes] = await hasher.md5(fetched);
+        const [md5, bytes] = await measured("md5", () => hasher.md5(fetched));
         if (bytes.byteLength !== shard.nbytes || md5 !== shard.md5) {
           throw new Error(`checksum mismatch in ${shown(shard.url, baseUrl)}`);
         }
-        await cache.put(new Request(shard.url), new Response(bytes, {
+        await measured("cache", () => cache.put(new Request(shard.url), new Response(bytes, {
           headers: { "Content-Type": "application/octet-stream", [MD5_HEADER]: shard.md5 },
-        }));
+        })));
         loaded += shard.nbytes - received;  // a short shard counts whole once it is cached
       });
       onProgress(Math.min(loaded, total), total);
