@@ -15,7 +15,8 @@ from websd import relax_io
 from websd.config import Config
 from websd.kernels.attention import schedule_attention
 from websd.paths import Layout, tuning_database
-from websd.targets import TUNED_ON, is_gpu, tvm_target
+from websd.schedules.default import default_schedule_rules
+from websd.targets import TUNED_ON, tvm_target
 
 
 def database_files(database: Path, target: str) -> list[Path]:
@@ -23,19 +24,19 @@ def database_files(database: Path, target: str) -> list[Path]:
     return tuning_database(database / TUNED_ON[target]) if TUNED_ON[target] else []
 
 
-def default_schedule_rules(target: str, matmul_tile: str | None = None) -> list:
-    """The rules, first match wins: ours (websd/schedules/), then dlight's. `matmul_tile` gives
-    every matmul and convolution one tile of websd.schedules.matmul.TILES (to measure tiles
-    against each other) instead of a tile chosen per kernel."""
-    from tvm.s_tir import dlight as dl
+def replayed_records(files: list[Path]):
+    """The records of the database in `files` that replace a default schedule: all but those
+    labelled DEFAULT (websd/schedules/space.py), which say that nothing tuned beat it."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase, MemoryDatabase, TuningRecord
 
-    from websd.schedules.matmul import Matmul
-    from websd.schedules.reduction import GeneralReduction, Reduction
-    from websd.schedules.winograd import WinogradTransforms
+    from websd.schedules.space import DEFAULT, label_of
 
-    if is_gpu(target):
-        return [WinogradTransforms(), Matmul(matmul_tile), dl.gpu.GEMV(), Reduction(), GeneralReduction(), dl.gpu.Fallback()]
-    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+    replayed = MemoryDatabase()
+    for record in JSONDatabase(*map(str, files), allow_missing=False).get_all_tuning_records():
+        if label_of(record.trace) != DEFAULT:
+            workload = replayed.commit_workload(record.workload.mod)
+            replayed.commit_tuning_record(TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info))
+    return replayed
 
 
 def scheduled_kernels(mod) -> list:
@@ -66,13 +67,12 @@ def apply_db(module_in: Path, target: str, database: list[Path], default_schedul
     `attention_tiles` (per head dim) force tiles, for bench/matmul_tiles.py to time them."""
     from tvm import relax
     from tvm.s_tir import dlight as dl
-    from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     mod = relax_io.load_module(module_in)
     from_database = 0
     with tvm_target(target):
         if database:
-            with JSONDatabase(*map(str, database), allow_missing=False):
+            with replayed_records(database):
                 tuned = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
             mod = keep_compiling(tuned, mod, target)
             from_database = len(scheduled_kernels(mod))

@@ -17,11 +17,11 @@ from tvm.s_tir import dlight as dl
 
 from browser import run_functions
 from conftest import DEFAULT_CONFIG, doit, layout_of
-from stages.apply_db import default_schedule_rules
 from stages.legalize import passes
 from websd.schedules.matmul import (CHOSEN_FROM, CUDA_ONLY, FEW, TILES, VECTOR_TILES, WASTE, WIDE, Gemm, choose_tile, gemm_of,
                                     waste, workgroups)
 from websd import relax_io
+from websd.schedules.default import default_schedule_rules
 from websd.targets import kernel_source, tvm_target
 
 # name -> (input shape, weight shape, bias length, conv (padding, stride) or None for a matmul);
