@@ -6,7 +6,8 @@
 #   bash bench/tune_on_gpu.sh pack [config]   # here: fill bench/.carry-tune-{a,b}
 #   bash bench/tune_on_gpu.sh stash           # there, carry bench/.carry-tune-a
 #   bash bench/tune_on_gpu.sh run [config]    # there, carry bench/.carry-tune-b; $OUT/cuda/ is
-#                                             # the merged database for tuning_db/cuda/
+#                                             # the merged database for tuning_db/cuda/ (xz),
+#                                             # $OUT/kernels.jsonl each kernel's outcome
 #
 # With a `tracker` in the config's stages.tune, `run` first starts that tracker (at its port)
 # and one RPC server per GPU of the machine (`python3 -m stages.tune serve`), and measures there.
@@ -49,15 +50,9 @@ run)
     xz -dc "bench/.carry-tune-b/legalized-$component.json.xz" >"/tmp/legalized-$component.json"
     modules+=("/tmp/legalized-$component.json")
   done
-  # Every Python process MetaSchedule starts (the builders and runners too) loads TVM's CUDA
-  # runtime (which needs torch's libcudart) and its NVRTC compile callback at start-up.
+  # TVM's CUDA runtime needs torch's libcudart; the builders load it with the NVRTC compile
+  # callback (stages.tune.load_cuda_compiler), the RPC sessions with --load-library.
   use_torch_cudart
-  cat >"$site/sitecustomize.py" <<'EOF'
-import ctypes, os
-import tvm
-ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
-import tvm.support.nvcc  # registers tvm_callback_cuda_compile
-EOF
   target=$(option target)
   mkdir -p "$OUT/$target"
   cp tuning_db/"$target"/*.json "$OUT/$target/" 2>/dev/null || true  # merge into what is committed
@@ -78,9 +73,13 @@ EOF
       kill -0 $serve 2>/dev/null || { cat "$OUT/serve.log"; exit 1; }
       sleep 1
     done
+    tail -1 "$OUT/serve.log"
   fi
-  python3 -m stages.tune tune "$OUT/$target" "${modules[@]}" --target "$target" "${flags[@]}" 2>&1 \
+  python3 -m stages.tune tune "$OUT/$target" "${modules[@]}" --target "$target" "${flags[@]}" --log "$OUT/kernels.jsonl" 2>&1 \
     | tee "$OUT/tune.log" | grep -v DEBUG
+  # The workload table outgrows what a call brings back (11 MB for 140 kernels): xz, for
+  # `xz -dc ... > tuning_db/<target>/...` here.
+  xz -T0 "$OUT/$target"/*.json
   ;;
 *)
   echo "usage: $0 pack|stash|run [config]" >&2

@@ -81,11 +81,13 @@ def tuned_kernels(databases: list) -> set[int]:
 
 
 def save_database(records: list, folder: Path) -> None:
-    """Make `records` the database in `folder`, so that a run killed at any moment leaves a
-    valid one: each file is replaced atomically, the workload table first, and it keeps every
+    """Make `records` the database in `folder` (one labelled default keeps its label alone:
+    websd.schedules.space.default_marker), so that a run killed at any moment leaves a valid one: each file is replaced atomically, the workload table first, and it keeps every
     row it had (records point at rows by number), so the old records still match it until the
     new ones replace them."""
     from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord, Workload
+
+    from websd.schedules.space import DEFAULT, default_marker, label_of
 
     workloads_file, records_file = (Path(folder) / name for name in TUNING_DATABASE_FILES)
     rows = workloads_file.read_text().splitlines() if workloads_file.is_file() else []
@@ -96,24 +98,42 @@ def save_database(records: list, folder: Path) -> None:
             database.commit_workload(Workload.from_json(json.loads(row)).mod)
         for record in records:
             workload = database.commit_workload(record.workload.mod)
-            database.commit_tuning_record(
-                TuningRecord(record.trace, workload, record.run_secs, record.target, record.args_info)
-            )
+            trace = default_marker(record.workload.mod) if label_of(record.trace) == DEFAULT else record.trace
+            database.commit_tuning_record(TuningRecord(trace, workload, record.run_secs, record.target, record.args_info))
+
+
+def cuda_runtime() -> str:
+    """TVM's CUDA runtime library, which the wheel does not load by itself."""
+    import tvm
+
+    return os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so")
+
+
+def load_cuda_runtime() -> bool:
+    """Load TVM's CUDA runtime; False where it cannot be (no NVIDIA driver, libcuda, here)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(cuda_runtime(), ctypes.RTLD_GLOBAL)
+    except OSError:
+        return False
+    return True
+
+
+def load_cuda_compiler() -> None:
+    """What a process that builds CUDA candidates needs: the compile callback of
+    tvm.support.nvcc (NVRTC, or nvcc where there is one), and TVM's CUDA runtime where there is
+    a driver (the candidates are then CUDA modules, else CUDA source, as on this CPU machine)."""
+    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
+
+    load_cuda_runtime()
 
 
 def cuda_present() -> bool:
-    """Load TVM's CUDA runtime, which the wheel does not load by itself, and ask for a GPU.
-    (MetaSchedule's worker processes need it too: bench/tune_on_gpu.sh loads it in every
-    Python process it starts.)"""
-    import ctypes
-
+    """Whether this machine has an NVIDIA GPU that TVM's CUDA runtime can reach."""
     import tvm
 
-    try:
-        ctypes.CDLL(os.path.join(os.path.dirname(tvm.__file__), "lib", "libtvm_runtime_cuda.so"), ctypes.RTLD_GLOBAL)
-    except OSError:  # no NVIDIA driver (libcuda) on this machine
-        return False
-    return tvm.cuda().exist
+    return load_cuda_runtime() and tvm.cuda().exist
 
 
 def failure_log():
@@ -198,7 +218,84 @@ def cost_model(strategy: str, cores: int):
         print("tune: evolutionary search, random cost model (xgboost is not installed)")
         return ms.cost_model.CostModel.create("random")
     print("tune: evolutionary search, XGBoost cost model")
-    return ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
+    return readable_only(ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores))
+
+
+def readable_only(model):
+    """`model` (XGBoost's), learning from and scoring only the candidates whose features
+    MetaSchedule can extract; random scores for the others. Its feature extractor rejects a
+    kernel with a block under blockIdx and outside any threadIdx, as dlight's reductions leave
+    their epilogue (e.g. a mean's division), and fails the whole batch."""
+    import numpy as np
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.cost_model import PyCostModel
+
+    guess = ms.cost_model.CostModel.create("random")
+
+    def readable(context, candidate) -> bool:
+        try:
+            model.extractor.extract_from(context, [candidate])
+        except RuntimeError:
+            return False
+        return True
+
+    @derived_object
+    class ReadableOnly(PyCostModel):
+        def load(self, path: str) -> None:
+            model.load(path)
+
+        def save(self, path: str) -> None:
+            model.save(path)
+
+        def update(self, context, candidates, results) -> None:
+            kept = [(c, r) for c, r in zip(candidates, results) if readable(context, c)]
+            if kept:
+                model.update(context, *map(list, zip(*kept)))
+
+        def predict(self, context, candidates) -> np.ndarray:
+            try:
+                return model.predict(context, candidates)
+            except RuntimeError:  # one of them is unreadable: score each on its own
+                return np.concatenate([model.predict(context, [c]) if readable(context, c) else guess.predict(context, [c])
+                                       for c in candidates])
+
+    return ReadableOnly()
+
+
+def search_strategy(name: str):
+    """MetaSchedule's search strategy `name`. The evolutionary search starts from whatever it
+    can sample (MetaSchedule's default asks for 50 distinct candidates, and a matmul's design
+    space is a dozen fixed schedules), from a population of 64, bred twice."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if name == "evolutionary":
+        return ms.search_strategy.EvolutionarySearch(population_size=64, init_min_unmeasured=1, genetic_num_iters=2)
+    return ms.search_strategy.SearchStrategy.create(name)
+
+
+def report(task, results, log: Path | None) -> None:
+    """The kernel's default schedule against the fastest of its candidates in `results`, named
+    by their labels (websd/schedules/space.py): printed, and added to `log` as a JSON line."""
+    from websd.schedules.space import DEFAULT, label_of
+
+    fastest: dict[str, float] = {}
+    workload = results.commit_workload(task.dispatched[0])
+    for record in results.get_top_k(workload, 1 << 20):
+        if measured(record):
+            label, milliseconds = label_of(record.trace), 1e3 * sum(map(float, record.run_secs)) / len(record.run_secs)
+            fastest[label] = min(milliseconds, fastest.get(label, math.inf))
+    if not fastest:
+        return
+    best = min(fastest, key=fastest.get)
+    default = fastest.get(DEFAULT)
+    against = f"default {default:.4f} ms" if default is not None else "default not measured"
+    print(f"tune: {task.task_name}: {against}, fastest {best} {fastest[best]:.4f} ms ({len(fastest)} kinds measured)")
+    if log is not None:
+        line = {"kernel": task.task_name, "default_ms": default, "fastest": best, "fastest_ms": fastest[best],
+                "by_label_ms": fastest}
+        with open(log, "a") as out:  # one write per line: the tuners append to it at once
+            out.write(json.dumps(line) + "\n")
 
 
 def evaluator_config():
@@ -219,9 +316,12 @@ def rpc_config(tracker: str, key: str, timeout_s: float):
 
 
 def runner(options: dict):
-    """Where candidates run: this machine, or (with a tracker) the RPC servers it holds, as
-    many candidates at once as there are servers."""
+    """Where candidates run: this machine, or (with a tracker) the RPC servers it holds. Each of
+    the `tuners` processes measures on servers // tuners of them at once, each through a session
+    it holds (held_session)."""
     from tvm.s_tir import meta_schedule as ms
+
+    from websd import held_session
 
     if not options.get("tracker"):
         return ms.runner.LocalRunner(timeout_sec=options["timeout_s"], evaluator_config=evaluator_config())
@@ -230,11 +330,20 @@ def runner(options: dict):
         servers = config.count_num_servers(allow_missing=False)
     except ValueError as error:  # no tracker there, or no server with the key
         raise SystemExit(f"tune: {error}\n(`python3 -m stages.tune serve` starts a tracker and servers)") from None
-    print(f"tune: measuring on {servers} RPC server(s) with key {options['key']!r} at {options['tracker']}")
-    return ms.runner.RPCRunner(config, evaluator_config(), max_workers=servers)
+    tuners = options.get("tuners", 1)
+    if servers < tuners:  # a tuner without a server to hold would wait for one forever
+        raise SystemExit(f"tune: {tuners} tuners hold a session on an RPC server each, and the tracker has {servers} "
+                         f"with key {options['key']!r}: set tuners to at most {servers}")
+    print(f"tune: measuring on {servers // tuners} of the {servers} RPC server(s) with key {options['key']!r} "
+          f"at {options['tracker']}")
+    return ms.runner.RPCRunner(config, evaluator_config(), max_workers=servers // tuners,
+                               f_create_session=held_session.held_session,
+                               f_upload_module=held_session.upload_under_own_name,
+                               f_run_evaluator=held_session.measure_or_drop_session,
+                               f_cleanup=held_session.remove_upload)
 
 
-def tune(modules: list[Path], database: Path, options: dict) -> None:
+def tune(modules: list[Path], database: Path, options: dict, log: Path | None = None) -> None:
     """Tune the kernels of `modules` that `database` lacks, heaviest first, at most
     options["kernels"] of them (all without it): `trials` candidates each, measured `batch` at
     a time, starting no batch after `minutes`; merge the best of each into `database` after
@@ -242,7 +351,8 @@ def tune(modules: list[Path], database: Path, options: dict) -> None:
     reported, a kernel none of whose candidates could be measured is tried once more, and no
     failure is stored. With `tuners` > 1, that many processes (`tuner`) tune every tuners-th
     kernel each, all measuring on the tracker's servers, and this one merges what they find
-    into `database` as they go. `options` are the config's `stages.tune`."""
+    into `database` as they go. `options` are the config's `stages.tune`; each kernel's default
+    schedule against its fastest candidate is printed and added to `log`."""
     import tvm_ffi
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
@@ -262,9 +372,9 @@ def tune(modules: list[Path], database: Path, options: dict) -> None:
     end = time.monotonic() + 60 * options["minutes"]
     with tempfile.TemporaryDirectory(prefix="websd-tune-") as work_dir:
         if tuners == 1:
-            tune_kernels(todo, Path(work_dir), database, committed, options, end, os.cpu_count())
+            tune_kernels(todo, Path(work_dir), database, committed, options, end, os.cpu_count(), log)
         else:
-            run_tuners(modules, database, committed, Path(work_dir), options)
+            run_tuners(modules, database, committed, Path(work_dir), options, log)
         tuned = tuned_kernels([JSONDatabase(work_dir=str(database))]) if tuning_database(database) else set()
     untuned = sum(tvm_ffi.structural_hash(task.dispatched[0]) not in tuned for task in kernels)
     spent = f"{options['minutes']} min spent; " if time.monotonic() > end else ""
@@ -282,47 +392,98 @@ def kernels_to_tune(modules: list[Path], committed: list, options: dict) -> tupl
     return kernels, [task for task in kernels if tvm_ffi.structural_hash(task.dispatched[0]) not in tuned]
 
 
-def tune_kernels(todo: list, work_dir: Path, folder: Path, committed: list, options: dict, end: float, cores: int) -> None:
-    """MetaSchedule for each kernel of `todo` in turn until time.monotonic() passes `end`,
-    with `cores` CPU cores for the search and the builds; after every batch the best records
-    of `committed` and of this run go into the database in `folder`."""
+def tune_kernels(todo: list, work_dir: Path, folder: Path, committed: list, options: dict, end: float, cores: int,
+                 log: Path | None) -> None:
+    """MetaSchedule for each kernel of `todo` in turn, over its design space
+    (websd/schedules/space.py), until time.monotonic() passes `end`, with `cores` CPU cores for
+    the search and the builds; after every batch the best records of `committed` and of this
+    run go into the database in `folder`; each kernel's outcome is reported (and added to `log`)."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
+    from websd.schedules.space import has_tiles, metaschedule_space, our_schedules, our_space
+
     search_cost_model = cost_model(options["strategy"], cores)
-    # Generous timeouts: on a busy machine a build worker's first job (TVM's import) alone
-    # can take longer than MetaSchedule's default 30 s.
-    builder = ms.builder.LocalBuilder(max_workers=cores, timeout_sec=options["timeout_s"])
+    builder = pooled_builder(cores, options["timeout_s"], options["target"])
     measure = runner(options)
     results = JSONDatabase(work_dir=str(work_dir))
     failures = failure_log()
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), failures,
                  merge_each_batch(folder, committed, results)]
+    target = options["target"]
     for done, task in enumerate(todo):
         if time.monotonic() > end:
             break
         print(f"tune: {task.task_name} ({done + 1}/{len(todo)})", flush=True)
-        key = tvm_ffi.structural_hash(task.dispatched[0])
+        func, key = task.dispatched[0]["main"], tvm_ffi.structural_hash(task.dispatched[0])
+        # Ours first, all in one batch (the default among them); then, where we have no tiles,
+        # MetaSchedule's own search.
+        ours = len(our_schedules(func, target))
+        searches = [(our_space(target), ours, ours)]
+        if not has_tiles(func, target):
+            searches.append((metaschedule_space(target), options["trials"], options["batch"]))
         for attempt in (1, 2):
             failures.errors.clear()
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                [task], str(work_dir), strategy=until(end, ms.search_strategy.SearchStrategy.create(options["strategy"])), num_threads=cores,
-            )
-            ms.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=options["trials"],
-                num_trials_per_iter=options["batch"], builder=builder, runner=measure,
-                cost_model=search_cost_model, database=results, measure_callbacks=callbacks,
-            )
+            for space, trials, batch in searches:
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    [task], str(work_dir), space=space, strategy=until(end, search_strategy(options["strategy"])),
+                    num_threads=cores,
+                )
+                try:
+                    ms.tune_tasks(
+                        tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
+                        num_trials_per_iter=batch, builder=builder, runner=measure,
+                        cost_model=search_cost_model, database=results, measure_callbacks=callbacks,
+                    )
+                except Exception as error:  # its rules can fail a kernel (a ScheduleError): the next one
+                    print(f"tune: {task.task_name}: the search stopped: {str(error).strip().splitlines()[-1]}")
             if failures.errors:
                 print(f"tune: {task.task_name}: {len(failures.errors)} candidate(s) failed to build or run "
                       f"(not stored), e.g.: {failures.errors[0]}")
             if key in tuned_kernels([results]) or time.monotonic() > end:
+                report(task, results, log)
                 break
             print(f"tune: {task.task_name}: no candidate could be measured" + ("; trying once more" if attempt == 1 else ""))
 
 
-def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: Path, options: dict) -> None:
+def build_candidate(mod, target) -> str:
+    """What MetaSchedule's LocalBuilder does with a candidate in a worker: compile, export."""
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+
+    return default_export(default_build(mod, target, None))
+
+
+def pooled_builder(workers: int, timeout_s: float, target: str):
+    """MetaSchedule's LocalBuilder, its worker processes kept from batch to batch. It starts
+    them afresh for every batch, and each imports TVM: with 16 tuners on the 4-GPU machine,
+    about 40 s a batch before the first build (bench/results/tuning/README.md)."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool = PopenPoolExecutor(max_workers=workers, timeout=timeout_s,
+                                          initializer=load_cuda_compiler if target == "cuda" else None)
+
+        def build(self, build_inputs):
+            results = []
+            for built in self.pool.map_with_error_catching(lambda i: build_candidate(i.mod, i.target), build_inputs):
+                if built.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(built.value, None))
+                elif built.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {timeout_s} seconds"))
+                else:
+                    results.append(BuilderResult(None, f"LocalBuilder: An exception occurred\n{built.value}"))
+            return results
+
+    return PooledBuilder()
+
+
+def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: Path, options: dict, log: Path | None) -> None:
     """options["tuners"] processes `python3 -m stages.tune tuner`, tuner i taking every
     tuners-th kernel from the i-th and keeping its records in a folder of its own; their
     best records and `committed`'s are merged into `database` every few seconds while they
@@ -343,9 +504,16 @@ def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: P
              if name in ("target", "strategy", "trials", "batch", "kernels", "minutes", "timeout_s", "tracker", "key")]
     cores = max(1, os.cpu_count() // tuners)
 
+    read = {}  # each tuner's database as last read whole
+
     def merge() -> None:
-        found = [JSONDatabase(work_dir=str(f)) for f in folders if tuning_database(f)]
-        save_database(best_records([*committed, *found]), database)
+        for folder in folders:
+            if tuning_database(folder):
+                try:
+                    read[folder] = JSONDatabase(work_dir=str(folder))
+                except (RuntimeError, ValueError):  # caught between its two files' renames: next time
+                    pass
+        save_database(best_records([*committed, *read.values()]), database)
 
     processes = []
     try:
@@ -353,7 +521,7 @@ def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: P
             folder.mkdir()
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "stages.tune", "tuner", str(folder), str(before), *map(str, modules),
-                 f"--share={i}/{tuners}", f"--cores={cores}", *flags],
+                 f"--share={i}/{tuners}", f"--cores={cores}", *flags, *([f"--log={log}"] if log else [])],
                 cwd=Path(__file__).resolve().parent.parent))
         while any(process.poll() is None for process in processes):
             time.sleep(10)
@@ -369,17 +537,18 @@ def run_tuners(modules: list[Path], database: Path, committed: list, work_dir: P
         raise SystemExit(f"tune: tuner(s) {', '.join(map(str, failed))} failed (their records so far are merged)")
 
 
-def tuner(folder: Path, database: Path, modules: list[Path], share: str, cores: int, options: dict) -> None:
+def tuner(folder: Path, database: Path, modules: list[Path], share: str, cores: int, options: dict, log: Path | None) -> None:
     """One of run_tuners' processes: of the kernels that `database` lacks, those at positions
     i, i + n, i + 2n, ... (share "i/n"), tuned into the database in `folder`."""
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     i, n = map(int, share.split("/"))
+    options = {**options, "tuners": n}  # each holds a session on servers // n of the servers
     committed = [JSONDatabase(work_dir=str(database))] if tuning_database(database) else []
     _, todo = kernels_to_tune(modules, committed, options)
     end = time.monotonic() + 60 * options["minutes"]
     with tempfile.TemporaryDirectory(prefix=f"websd-tuner-{i}-") as work_dir:
-        tune_kernels(todo[: options.get("kernels")][i::n], Path(work_dir), folder, [], options, end, cores)
+        tune_kernels(todo[: options.get("kernels")][i::n], Path(work_dir), folder, [], options, end, cores, log)
 
 
 def drop_losing_records(database: Path, module: Path, target: str, profile: Path, tuned: str, default: str) -> None:
@@ -408,12 +577,14 @@ def drop_losing_records(database: Path, module: Path, target: str, profile: Path
     print(f"tune: {len(kept)} kernels kept in {database}")
 
 
-def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: Path | None) -> None:
+def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: Path | None,
+          device: str | None = None) -> None:
     """Run TVM's RPC tracker on `port` (unless `tracker`, host:port, names one already running)
     and `gpus` RPC servers registered with it under `key`, server i seeing only GPU i
     (CUDA_VISIBLE_DEVICES), until interrupted or terminated; then stop them all. `host` is the
     address this machine is reached at: the tracker and the servers bind it, and the tracker
-    hands it out to whoever tunes."""
+    hands it out to whoever tunes. Each server is first asked for a session that computes on
+    `device` (default: named by the key: cuda, or cpu for llvm)."""
     import signal
     import socket
     import subprocess
@@ -468,17 +639,22 @@ def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: 
                                          "--port-end", str(port + 1))
         elif (before := registered()) is None:
             raise SystemExit(f"serve: no RPC tracker answers at {tracker}")
+        device = device or {"llvm": "cpu"}.get(key, key)
+        # Each session in a process the server spawns (--no-fork), which loads the CUDA runtime.
+        # Forked sessions failed every CUDA call with cudaErrorInitializationError on the H200,
+        # whether the server had loaded the CUDA runtime (2026-11-28, 00:55 UTC) or not (18:23).
+        session = ["--no-fork", *(["--load-library", cuda_runtime()] if device == "cuda" else [])]
         for gpu in range(gpus):
-            # --no-fork: each session in a spawned process. A forked one inherits the server's
-            # CUDA state and fails every call with cudaErrorInitializationError (H200, 2026-11-28).
             processes[f"server-{gpu}"] = start(f"server-{gpu}", "tvm.exec.rpc_server", "--tracker", tracker,
-                                               "--key", key, "--host", host, "--no-fork", CUDA_VISIBLE_DEVICES=str(gpu))
+                                               "--key", key, "--host", host, *session, CUDA_VISIBLE_DEVICES=str(gpu))
         end = time.monotonic() + 120  # a busy machine needs a while to import TVM in each
         while (registered() or 0) < before + gpus:
             if ended() or time.monotonic() > end:
                 raise SystemExit(f"serve: {', '.join(ended()) or 'the servers'} did not come up{see_logs}")
             time.sleep(0.5)
-        print(f"serve: {gpus} RPC server(s) with key {key!r} registered at the tracker {tracker}", flush=True)
+        started_s = reach(tracker, key, device, gpus)
+        print(f"serve: {gpus} RPC server(s) with key {key!r} registered at the tracker {tracker} "
+              f"(sessions that compute on {device}: {started_s:.1f} s to start one)", flush=True)
         while not ended():
             time.sleep(1)
         raise SystemExit(f"serve: {', '.join(ended())} ended{see_logs}")
@@ -489,12 +665,35 @@ def serve(gpus: int, key: str, host: str, port: int, tracker: str | None, logs: 
             stop(process)
 
 
+def reach(tracker: str, key: str, device: str, servers: int) -> float:
+    """Ask the tracker for a session on each of `servers` servers with `key` (all held at once,
+    so that each server gives one), and check that each computes on `device` (a copy there and
+    back); the seconds to start a session, on average."""
+    import numpy as np
+    import tvm
+    from tvm import rpc
+
+    host, port = tracker.rsplit(":", 1)
+    client = rpc.connect_tracker(host, int(port))
+    start = time.monotonic()
+    sessions = [client.request(key, session_timeout=120) for _ in range(servers)]
+    for session in sessions:
+        values = np.arange(4, dtype="float32")
+        try:
+            back = tvm.runtime.tensor(values, session.device(device)).numpy()
+        except Exception as error:  # any failure in the session comes back as a TVM error
+            raise SystemExit(f"serve: a session of key {key!r} fails on {device}: {str(error).strip().splitlines()[-1]}") from None
+        if not np.array_equal(back, values):
+            raise SystemExit(f"serve: a session of key {key!r} got {back} back from {device}, not {values}")
+    return (time.monotonic() - start) / servers
+
+
 def task(config: Config, layout: Layout) -> dict:
     options = config.stage("tune")
     modules = [layout.legalized(component) for component in options["components"]]
     return {
         "doc": "MetaSchedule where the tuning target's hardware is, merged into tuning_db/ (run on purpose: it needs the GPU)",
-        "actions": [(tune, [modules, config.database_path / options["target"], options])],
+        "actions": [(tune, [modules, config.database_path / options["target"], options, layout.tuning_log(options["target"])])],
         "file_dep": [str(module) for module in modules],
         # The database is a committed input of the build, like the config: tuning writes it but
         # does not own it, so no `targets` (doit would otherwise tune whenever apply_db runs).
@@ -523,6 +722,7 @@ def main() -> None:
         command.add_argument("--timeout-s", type=float, default=300, help="to build, and to run, one candidate")
         command.add_argument("--tracker", help="host:port of the RPC tracker whose servers measure (default: this machine)")
         command.add_argument("--key", help="the servers' key at the tracker")
+        command.add_argument("--log", type=Path, help="add each kernel's outcome to this file (JSON lines)")
 
     run = commands.add_parser("tune", help="the options are the config's stages.tune")
     run.add_argument("database", type=Path, help="the tuning_db/<target> folder to merge into")
@@ -555,20 +755,21 @@ def main() -> None:
     where.add_argument("--port", type=int, default=9190, help="start the tracker here, on this port")
     where.add_argument("--tracker", help="host:port of a tracker already running, to add these servers to")
     rpc.add_argument("--logs", type=Path, help="a log file per process in this folder (default: this terminal)")
+    rpc.add_argument("--device", help="the device a session must compute on (default: named by the key: cuda, or cpu for llvm)")
 
     args = parser.parse_args()
     if args.command in ("tune", "tuner"):
         if (args.tracker is None) != (args.key is None):
             parser.error("--tracker and --key go together")
-        options = {name: value for name, value in vars(args).items() if value is not None}
+        options = {name: value for name, value in vars(args).items() if value is not None and name != "log"}
         if args.command == "tune":
-            tune(args.modules, args.database, options)
+            tune(args.modules, args.database, options, args.log)
         else:
-            tuner(args.folder, args.database, args.modules, args.share, args.cores, options)
+            tuner(args.folder, args.database, args.modules, args.share, args.cores, options, args.log)
     elif args.command == "drop-losing":
         drop_losing_records(args.database, args.module, args.target, args.profile, args.tuned, args.default)
     else:
-        serve(args.gpus, args.key, args.host, args.port, args.tracker, args.logs)
+        serve(args.gpus, args.key, args.host, args.port, args.tracker, args.logs, args.device)
 
 
 if __name__ == "__main__":

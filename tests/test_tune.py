@@ -19,10 +19,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+import tvm
+from tvm.s_tir.meta_schedule.database import JSONDatabase
+
 from conftest import doit, layout_of, write_config
+from stages.apply_db import replayed_records
 from websd import relax_io
 from websd.kernels.attention import ATTR
-from websd.paths import ROOT, TUNING_DATABASE_FILES
+from websd.paths import ROOT, TUNING_DATABASE_FILES, tuning_database
+from websd.targets import kernel_source, tvm_target
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +82,9 @@ def test_a_second_run_tunes_the_next_kernel(tuned) -> None:
 def test_apply_db_replays_the_database(tuned) -> None:
     config, database = tuned
     doit(f"config={config}", "apply_db:unet@llvm")
-    tuned_kernels = scheduled_kernels(config, "llvm")
-    assert len(tuned_kernels) == 2
+    # A record labelled default (nothing beat the default schedule) is not replayed.
+    replayed = replayed_records(tuning_database(database / "llvm")).get_all_tuning_records()
+    assert len(scheduled_kernels(config, "llvm")) == len(replayed)
     # webgpu replays no database (CUDA's records lost to our own schedules in Dawn), even where
     # cuda's would match its kernels.
     shutil.copytree(database / "llvm", database / "cuda")
@@ -103,8 +109,6 @@ def test_failed_measurements_are_reported_and_never_stored(tuned) -> None:
 def test_a_killed_run_keeps_the_batches_it_measured(tuned, tmp_path) -> None:
     """Each batch is merged as soon as it is measured, file by file atomically: a run killed
     during its second batch leaves a valid database holding the first batch's best."""
-    from tvm.s_tir.meta_schedule.database import JSONDatabase
-
     config, database = tuned
     before = len(records(database / "llvm"))
     write_config(config, {"stages": {"tune": {"strategy": "replay-trace", "trials": 8, "batch": 4, "timeout_s": 300}}},
@@ -154,9 +158,9 @@ def rpc_servers(tmp_path) -> tuple[str, Path]:
 
 
 def test_tuners_share_the_kernels_through_an_rpc_tracker(tuned, rpc_servers) -> None:
-    """With `tracker` and `key`, the candidates run on the RPC servers the tracker holds, as
-    many at once as there are servers; with `tuners`, that many processes tune a share of the
-    kernels each, measuring on the same servers, and their best records land in the database."""
+    """With `tracker` and `key`, the candidates run on the RPC servers the tracker holds; with
+    `tuners`, that many processes tune a share of the kernels each, each measuring through a
+    session it holds on a server of its own, and their best records land in the database."""
     config, database = tuned
     tracker, logs = rpc_servers
     before = len(records(database / "llvm"))
@@ -164,10 +168,12 @@ def test_tuners_share_the_kernels_through_an_rpc_tracker(tuned, rpc_servers) -> 
                                                "kernels": 2, "tuners": 2, "tracker": tracker, "key": "llvm"}}}, base=config)
     _, result = doit(f"config={config}", "tune", timeout_s=900)
     assert "this run tunes up to 2 with 2 tuners" in result.stdout
-    assert result.stdout.count(f"measuring on 2 RPC server(s) with key 'llvm' at {tracker}") == 2
+    assert result.stdout.count(f"measuring on 1 of the 2 RPC server(s) with key 'llvm' at {tracker}") == 2
     assert len(records(database / "llvm")) == before + 2
-    sessions = {log.name: log.read_text().count("load_module") for log in logs.glob("server-*.log")}
-    assert len(sessions) == 2 and all(sessions.values()), sessions
+    # serve's check of each server, then one held session that loads every candidate
+    sessions = {log.name: log.read_text().count("start serving") for log in logs.glob("server-*.log")}
+    loaded = {log.name: log.read_text().count("load_module") for log in logs.glob("server-*.log")}
+    assert sessions == {"server-0.log": 2, "server-1.log": 2} and min(loaded.values()) > 1, (sessions, loaded)
 
 
 def test_tuners_need_a_tracker(tmp_path) -> None:
@@ -176,3 +182,91 @@ def test_tuners_need_a_tracker(tmp_path) -> None:
 
     with pytest.raises(SystemExit, match="tuners > 1 measure on RPC servers, one candidate at a time each: set tracker and key too"):
         tune([], tmp_path, {"target": "llvm", "tuners": 2})
+
+
+def cuda_kernels(config: Path) -> tuple:
+    """A convolution (a GEMM: our tiles) and a kernel we have no tiles for, of the tiny UNet, as
+    MetaSchedule's tasks for cuda."""
+    from stages.tune import kernels_by_weight
+    from websd.schedules.matmul import gemm_of
+    from websd.targets import tuning_target
+
+    tasks = kernels_by_weight([layout_of(config).legalized("unet")], tuning_target("cuda"))
+    gemm = next(t for t in tasks if t.task_name.startswith("fused_conv2d") and gemm_of(t.dispatched[0]["main"]))
+    other = next(t for t in tasks if gemm_of(t.dispatched[0]["main"]) is None)  # the heaviest
+    return gemm, other
+
+
+def test_a_gemms_design_space_is_its_webgpu_default_and_our_tiles(tuned) -> None:
+    """Labelled in their traces: the WebGPU build's schedule and each tile of ours that
+    schedules the kernel differently; all compile for webgpu."""
+    import tvm_ffi
+
+    from websd.schedules.default import default_schedule
+    from websd.schedules.space import DEFAULT, TUNING_TILES, label_of, our_schedules
+
+    config, _ = tuned
+    gemm, other = cuda_kernels(config)
+    func = gemm.dispatched[0]["main"]
+    schedules = our_schedules(func, "cuda")
+    labels = [label_of(s.trace) for s in schedules]
+    assert labels[0] == DEFAULT and set(labels[1:]) < set(TUNING_TILES) and len(labels) == len(TUNING_TILES)
+    unlabelled = default_schedule(func, "webgpu").mod
+    assert tvm_ffi.structural_hash(unlabelled) != tvm_ffi.structural_hash(schedules[0].mod)  # the label
+    for schedule in schedules:
+        assert "@compute" in kernel_source(tvm.compile(schedule.mod, tvm_target("webgpu")), "webgpu")
+    assert [label_of(s.trace) for s in our_schedules(other.dispatched[0]["main"], "cuda")] == [DEFAULT]
+
+
+def test_cuda_tuning_measures_the_default_beside_the_alternatives(tuned, tmp_path, monkeypatch) -> None:
+    """doit tune for cuda (here with a runner that makes times up: no GPU): a GEMM's default and
+    our tiles in one batch, another kernel's default and MetaSchedule's samples; each kernel's
+    fastest lands in the database, its outcome in the log, and apply_db replays the records
+    that beat the default, not the others."""
+    import random
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    import stages.tune
+    from websd.schedules.space import DEFAULT, METASCHEDULE, TUNING_TILES, label_of
+
+    times = random.Random(0)
+
+    @derived_object
+    class Measured(ms.runner.PyRunnerFuture):
+        def __init__(self, seconds):
+            super().__init__()
+            self.seconds = seconds
+
+        def done(self):
+            return True
+
+        def result(self):
+            return ms.runner.RunnerResult([self.seconds], None)
+
+    @derived_object
+    class MadeUpTimes(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            return [Measured(times.uniform(1e-3, 2e-3)) for _ in runner_inputs]
+
+    monkeypatch.setattr(stages.tune, "runner", lambda options: MadeUpTimes())
+    config, _ = tuned
+    kernels = cuda_kernels(config)
+    database, work, log = tmp_path / "cuda", tmp_path / "work", tmp_path / "tune.jsonl"
+    database.mkdir(), work.mkdir()
+    options = {"target": "cuda", "strategy": "evolutionary", "trials": 4, "batch": 4, "timeout_s": 300}
+    stages.tune.tune_kernels(list(kernels), work, database, [], options, time.monotonic() + 1200, 2, log)
+    outcomes = {line["kernel"]: line for line in map(json.loads, log.read_text().splitlines())}
+    gemm, other = (outcomes[task.task_name] for task in kernels)
+    # (one tile is the default's)
+    assert DEFAULT in gemm["by_label_ms"] and set(gemm["by_label_ms"]) - {DEFAULT} < set(TUNING_TILES)
+    assert len(gemm["by_label_ms"]) == len(TUNING_TILES)
+    assert set(other["by_label_ms"]) == {DEFAULT, METASCHEDULE}
+    for outcome in outcomes.values():
+        assert outcome["fastest_ms"] == min(outcome["by_label_ms"].values())
+        assert outcome["fastest"] == min(outcome["by_label_ms"], key=outcome["by_label_ms"].get)
+    stored = [label_of(r.trace) for r in JSONDatabase(work_dir=str(database)).get_all_tuning_records()]
+    assert sorted(stored) == sorted(o["fastest"] for o in outcomes.values())
+    replayed = [label_of(r.trace) for r in replayed_records(tuning_database(database)).get_all_tuning_records()]
+    assert sorted(replayed) == sorted(label for label in stored if label != DEFAULT)

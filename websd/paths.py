@@ -103,6 +103,10 @@ class Layout:
     def library(self, component: str, target: str) -> Path:
         return self.root / target / f"{component}{library_suffix(target)}"
 
+    def tuning_log(self, target: str) -> Path:
+        """`doit tune`'s outcome per kernel (JSON lines, appended run after run)."""
+        return self.root / f"tune-{target}.jsonl"
+
     @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
