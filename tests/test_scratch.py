@@ -15,11 +15,11 @@ def test_a_test_run_leaves_no_scratch_folder(tmp_path: Path) -> None:
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp)}
     env.pop("WEBSD_KEEP_TEST_BUILDS", None)
-    quick = "tests/test_schedulers.py::test_unknown_scheduler_is_named"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", quick], cwd=ROOT, env=env,
+    quick = ["-n", "0", "tests/test_schedulers.py::test_unknown_scheduler_is_named"]  # one process: one folder
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *quick], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not list(temp.glob("websd-tests-*"))
-    kept = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", quick], cwd=ROOT,
+    kept = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *quick], cwd=ROOT,
                           env={**env, "WEBSD_KEEP_TEST_BUILDS": "1"}, capture_output=True, text=True)
     assert kept.returncode == 0 and len(list(temp.glob("websd-tests-*"))) == 1  # kept on request
