@@ -1,7 +1,8 @@
 """Stage apply_db: a schedule for every kernel, per target.
 
 Kernels found in the MetaSchedule database get their tuned schedule: `<database>/<target>/`
-(websd.targets.TUNED_ON: webgpu replays none).
+(websd.targets.TUNED_ON: webgpu replays none), unless the record says that the default won
+(replayed_records).
 On GPU targets the rest get our schedule rules (websd/schedules/) and dlight's (without any,
 a webgpu build silently puts every kernel on the wasm host). On llvm, dlight's CPU rules where they apply.
 """

@@ -1,4 +1,6 @@
-"""Stage tune: MetaSchedule for every kernel of the chosen components, measured where it runs.
+"""Stage tune: MetaSchedule for every kernel of the chosen components, measured where it runs:
+each kernel's default schedule against our other tiles for it or MetaSchedule's own space
+(websd/schedules/space.py).
 
 Not part of the build: `doit tune` runs on a machine with the tuning target's hardware (for
 cuda, an NVIDIA GPU; `bench/tune_on_gpu.sh` runs this module there), or measures on TVM RPC
