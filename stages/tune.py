@@ -421,8 +421,8 @@ def tune_kernels(todo: list, work_dir: Path, folder: Path, committed: list, opti
         func, key = task.dispatched[0]["main"], tvm_ffi.structural_hash(task.dispatched[0])
         # Ours first, all in one batch (the default among them); then, where we have no tiles,
         # MetaSchedule's own search.
-        ours = len(our_schedules(func, target))
-        searches = [(our_space(target), ours, ours)]
+        ours = our_schedules(func, target)
+        searches = [(our_space(ours, target), len(ours), len(ours))]
         if not has_tiles(func, target):
             searches.append((metaschedule_space(target), options["trials"], options["batch"]))
         for attempt in (1, 2):

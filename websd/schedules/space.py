@@ -109,12 +109,12 @@ def postprocs(target: str) -> list:
             for p in ms.postproc.Postproc.create("cuda" if is_gpu(target) else "llvm")]
 
 
-def our_space(target: str):
-    """MetaSchedule's space generator of our schedules (our_schedules) for `target`."""
+def our_space(schedules: list, target: str):
+    """MetaSchedule's space generator of `schedules` (a kernel's our_schedules for `target`)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.space_generator.ScheduleFn(lambda sch: our_schedules(sch.mod["main"], target), sch_rules=[],
-                                         postprocs=postprocs(target), mutator_probs="from-target")
+    return ms.space_generator.ScheduleFn(lambda sch: schedules, sch_rules=[], postprocs=postprocs(target),
+                                         mutator_probs="from-target")
 
 
 def metaschedule_space(target: str):
